@@ -1,0 +1,1 @@
+"""The conversion pipeline: Hugging Face checkpoint -> GGUF -> llama.cpp quantizations."""

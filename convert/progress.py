@@ -1,0 +1,91 @@
+"""Progress reporting shared by the pipeline steps: a tqdm bar on a terminal, a callback in the GUI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from tqdm import tqdm
+
+
+class Progress(Protocol):
+    """Receives byte counts as a step advances; `message` is a short human-readable status."""
+
+    def start(self, step: str, total_bytes: int) -> None: ...
+
+    def advance(self, n_bytes: int) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, step: str, total_bytes: int) -> None:
+        pass
+
+    def advance(self, n_bytes: int) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class TqdmProgress:
+    """A bytes/s and ETA bar per step, for the command line."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self._bar: tqdm | None = None
+        self._disable = disable
+
+    def start(self, step: str, total_bytes: int) -> None:
+        self.finish()
+        self._bar = tqdm(
+            total=total_bytes,
+            desc=step,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            dynamic_ncols=True,
+            disable=self._disable,
+        )
+
+    def advance(self, n_bytes: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n_bytes)
+
+    def message(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(text[-60:], refresh=False)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class CallbackProgress:
+    """Adapts the protocol to one callback `(step, done_bytes, total_bytes, message)` for the GUI."""
+
+    def __init__(self, callback: Callable[[str, int, int, str], None]) -> None:
+        self._callback = callback
+        self._step = ""
+        self._done = 0
+        self._total = 0
+
+    def start(self, step: str, total_bytes: int) -> None:
+        self._step, self._done, self._total = step, 0, total_bytes
+        self._callback(step, 0, total_bytes, "")
+
+    def advance(self, n_bytes: int) -> None:
+        self._done += n_bytes
+        self._callback(self._step, self._done, self._total, "")
+
+    def message(self, text: str) -> None:
+        self._callback(self._step, self._done, self._total, text)
+
+    def finish(self) -> None:
+        pass

@@ -1,0 +1,31 @@
+"""Typed engine errors; each message is one readable line for the user."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class: str(error) is a complete sentence fit to show a user."""
+
+
+class ModelFileError(EngineError):
+    """The file is not a usable Fathom/Qwen2 GGUF (truncated, wrong architecture, ...)."""
+
+
+class ModelNotLoadedError(EngineError):
+    pass
+
+
+class ModelLoadError(EngineError):
+    pass
+
+
+class PromptTooLongError(EngineError):
+    pass
+
+
+class DecodeError(EngineError):
+    pass
+
+
+class SettingsError(EngineError):
+    """An option combination llama.cpp cannot honour (e.g. a quantized KV cache without flash attention)."""
