@@ -1,0 +1,145 @@
+"""Export a conversation as Markdown (reasoning folded in <details>) or as JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from fathom_desktop import __version__, paths
+from fathom_desktop.history import ConversationSummary, History, MessageStatus, StoredMessage
+
+JSON_FORMAT_NAME = "fathom-desktop-conversation"
+JSON_FORMAT_VERSION = 1
+
+
+class ExportFormat(StrEnum):
+    MARKDOWN = "markdown"
+    JSON = "json"
+
+    @property
+    def suffix(self) -> str:
+        return ".md" if self is ExportFormat.MARKDOWN else ".json"
+
+    @classmethod
+    def from_path(cls, path: Path) -> ExportFormat:
+        suffix = path.suffix.lower()
+        if suffix in (".md", ".markdown"):
+            return cls.MARKDOWN
+        if suffix == ".json":
+            return cls.JSON
+        raise ExportError(f"Cannot tell the export format from {path.name!r}: use .md or .json.")
+
+
+class ExportError(Exception):
+    """str(error) is one readable line for the user."""
+
+
+_ROLE_HEADINGS = {"system": "System", "user": "You", "assistant": "Fathom"}
+_STATUS_NOTES = {
+    MessageStatus.STOPPED: "Stopped before the end.",
+    MessageStatus.ERROR: "The reply failed part-way.",
+    MessageStatus.INTERRUPTED: "Interrupted: the app closed while this reply was being written.",
+    MessageStatus.STREAMING: "Still being written when exported.",
+}
+# A literal </details> in the reasoning would close the fold early; any case, any spacing.
+_DETAILS_CLOSE = re.compile(r"</(\s*details\s*)>", re.IGNORECASE)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds")
+
+
+def to_markdown(conversation: ConversationSummary, messages: Sequence[StoredMessage]) -> str:
+    lines = [
+        f"# {_one_line(conversation.title) or 'Untitled conversation'}",
+        "",
+        f"*Exported from Fathom Desktop {__version__}; started {_iso(conversation.created_at)}.*",
+        "",
+    ]
+    for message in messages:
+        lines += [f"## {_ROLE_HEADINGS[message.role]}", ""]
+        if message.role == "assistant" and message.model_file:
+            model = Path(message.model_file).name
+            quant = f", {message.quant}" if message.quant else ""
+            lines += [f"*{model}{quant}*", ""]
+        if message.reasoning:
+            reasoning = _DETAILS_CLOSE.sub(r"&lt;/\1>", message.reasoning.strip())
+            # Blank lines around the body let Markdown renderers format the reasoning inside.
+            lines += [
+                "<details>",
+                "<summary>Reasoning</summary>",
+                "",
+                reasoning,
+                "",
+                "</details>",
+                "",
+            ]
+        if message.content:
+            lines += [message.content.strip(), ""]
+        note = _STATUS_NOTES.get(message.status)
+        if note:
+            lines += [f"> *{note}*", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def to_json(conversation: ConversationSummary, messages: Sequence[StoredMessage]) -> str:
+    document = {
+        "format": JSON_FORMAT_NAME,
+        "format_version": JSON_FORMAT_VERSION,
+        "exported_by": f"Fathom Desktop {__version__}",
+        "title": conversation.title,
+        "created_at": _iso(conversation.created_at),
+        "updated_at": _iso(conversation.updated_at),
+        "messages": [
+            {
+                "role": m.role,
+                "content": m.content,
+                "reasoning": m.reasoning,
+                "status": m.status.value,
+                "model_file": m.model_file,
+                "quant": m.quant,
+                "sampling": m.sampling,
+                "stats": m.stats,
+                "created_at": _iso(m.created_at),
+            }
+            for m in messages
+        ],
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def render(
+    conversation: ConversationSummary, messages: Sequence[StoredMessage], fmt: ExportFormat
+) -> str:
+    if fmt is ExportFormat.MARKDOWN:
+        return to_markdown(conversation, messages)
+    return to_json(conversation, messages)
+
+
+def export_conversation(
+    history: History, conversation_id: int, destination: Path, fmt: ExportFormat | None = None
+) -> Path:
+    """Write the conversation to `destination` (format from its suffix unless given)."""
+    destination = Path(destination)
+    fmt = fmt if fmt is not None else ExportFormat.from_path(destination)
+    conversation = history.conversation(conversation_id)
+    text = render(conversation, history.messages(conversation_id), fmt)
+    try:
+        paths.write_text_atomically(destination, text)
+    except OSError as error:
+        reason = error.strerror.lower() if error.strerror else str(error)
+        raise ExportError(f"Could not write {destination}: {reason}.") from error
+    return destination
+
+
+def suggested_file_name(conversation: ConversationSummary, fmt: ExportFormat) -> str:
+    stem = "-".join(re.sub(r"[^\w\- ]+", "", conversation.title).split())[:60]
+    return (stem or f"conversation-{conversation.id}") + fmt.suffix
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,496 @@
+"""The settings dialog, built from the settings table: one editor per row of `SETTINGS`.
+
+Nothing changes until Apply or OK. Then every value is validated together (including the rules
+that involve more than one setting and the chosen model's trained context); a refused value keeps
+the dialog open with the reason shown, and accepted ones are saved and announced via `applied`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import (
+    QAbstractButton,
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from fathom_desktop import paths
+from fathom_desktop.engine.errors import ModelFileError
+from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
+from fathom_desktop.gui.model_list import (
+    ModelList,
+    describe_gpu,
+    discover_models,
+    fit_badge,
+    probe_gpu,
+    same_file,
+)
+from fathom_desktop.settings import (
+    SETTINGS,
+    SETTINGS_BY_KEY,
+    SYSTEM_PRESET_TEXT,
+    Setting,
+    SettingGroup,
+    SettingsSaveError,
+    SettingsStore,
+    SettingsValueError,
+    SystemPreset,
+    Theme,
+    defaults,
+)
+
+MODEL_KEY = "model_path"
+# Spin-box steps where 1 is too fine to be useful.
+_STEPS = {"n_ctx": 1024, "max_tokens": 256, "thinking_budget": 256, "temperature": 0.05}
+ERROR_STYLE = "color: #b00020;"
+HELP_STYLE = "color: palette(placeholder-text);"
+
+
+class _Editor:
+    """One setting's widget: reads and writes values in the setting's own type (None included)."""
+
+    def __init__(self, setting: Setting) -> None:
+        self.setting = setting
+        self.widget = self._build()
+
+    def _build(self) -> QWidget:
+        s = self.setting
+        if s.choices:
+            box = QComboBox()
+            for choice in s.choices:
+                box.addItem(s.choice_label(choice), choice)
+            return box
+        if s.type is bool and s.none_label is not None:
+            box = QComboBox()
+            for text, value in ((s.none_label, None), ("on", True), ("off", False)):
+                box.addItem(text, value)
+            return box
+        if s.type is bool:
+            return QCheckBox()
+        if s.type is int:
+            spin = QSpinBox()
+            low = int(s.minimum if s.minimum is not None else -(2**31) + 1)
+            if s.none_label is not None:
+                # The value just below the minimum stands for None and reads as its name.
+                low -= 1
+                spin.setSpecialValueText(s.none_label)
+            spin.setRange(low, int(s.maximum if s.maximum is not None else 2**31 - 1))
+            spin.setSingleStep(int(_STEPS.get(s.key, 1)))
+            spin.setAccelerated(True)
+            return spin
+        if s.type is float:
+            spin = QDoubleSpinBox()
+            spin.setDecimals(s.decimals)
+            spin.setRange(s.minimum or 0.0, s.maximum if s.maximum is not None else 1e9)
+            spin.setSingleStep(float(_STEPS.get(s.key, 0.01)))
+            return spin
+        if s.multiline:
+            text = QPlainTextEdit()
+            text.setTabChangesFocus(True)
+            text.setMinimumHeight(90)
+            return text
+        return QLineEdit()
+
+    def value(self) -> object:
+        w, s = self.widget, self.setting
+        if isinstance(w, QComboBox):
+            return w.currentData()
+        if isinstance(w, QCheckBox):
+            return w.isChecked()
+        if isinstance(w, QSpinBox):
+            if s.none_label is not None and w.value() == w.minimum():
+                return None
+            return w.value()
+        if isinstance(w, QDoubleSpinBox):
+            return round(w.value(), s.decimals)
+        if isinstance(w, QPlainTextEdit):
+            return w.toPlainText()
+        assert isinstance(w, QLineEdit)
+        return w.text()
+
+    def set_value(self, value: object) -> None:
+        w = self.widget
+        if isinstance(w, QComboBox):
+            index = w.findData(value)
+            w.setCurrentIndex(max(index, 0))
+        elif isinstance(w, QCheckBox):
+            w.setChecked(bool(value))
+        elif isinstance(w, QSpinBox):
+            w.setValue(w.minimum() if value is None else int(value))  # type: ignore[arg-type]
+        elif isinstance(w, QDoubleSpinBox):
+            w.setValue(float(value))  # type: ignore[arg-type]
+        elif isinstance(w, QPlainTextEdit):
+            w.setPlainText(str(value or ""))
+        elif isinstance(w, QLineEdit):
+            w.setText(str(value or ""))
+
+    def connect_changed(self, slot: object) -> None:
+        w = self.widget
+        signal = {
+            QComboBox: "currentIndexChanged",
+            QCheckBox: "toggled",
+            QSpinBox: "valueChanged",
+            QDoubleSpinBox: "valueChanged",
+            QPlainTextEdit: "textChanged",
+            QLineEdit: "textChanged",
+        }[type(w)]
+        getattr(w, signal).connect(slot)
+
+
+@lru_cache(maxsize=64)
+def _model_info(path: str, mtime_ns: int) -> ModelFileInfo:
+    return check_model_file(Path(path))
+
+
+def check_model(path: Path) -> ModelFileInfo:
+    """The model's facts, or ModelFileError with the one-line reason it cannot be used."""
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError:
+        mtime_ns = 0  # check_model_file says what is wrong with the path
+    return _model_info(str(path), mtime_ns)
+
+
+def _with_help(widget: QWidget, help_text: str) -> QWidget:
+    if not help_text or isinstance(widget, QPlainTextEdit):
+        return widget
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(widget)
+    note = QLabel(help_text)
+    note.setWordWrap(True)
+    note.setTextFormat(Qt.TextFormat.PlainText)
+    note.setStyleSheet(HELP_STYLE)
+    layout.addWidget(note, 1)
+    return row
+
+
+class SettingsDialog(QDialog):
+    """Edits a SettingsStore; `applied` carries the keys that changed (and were saved)."""
+
+    applied = Signal(list)
+
+    def __init__(
+        self,
+        store: SettingsStore,
+        parent: QWidget | None = None,
+        *,
+        models_dir: Path | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.setMinimumWidth(640)
+        self._store = store
+        self._models_dir = models_dir if models_dir is not None else paths.models_dir()
+        self._gpu = probe_gpu()
+        self._extra_models: list[Path] = []
+        self._editors: dict[str, _Editor] = {}
+
+        self._tabs = QTabWidget()
+        pages: dict[SettingGroup, QFormLayout] = {}
+        for group in SettingGroup:
+            page = QWidget()
+            outer = QVBoxLayout(page)
+            if group is SettingGroup.MODEL:
+                outer.addWidget(self._build_model_picker())
+            form = QFormLayout()
+            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
+            outer.addLayout(form)
+            outer.addStretch(1)
+            pages[group] = form
+            self._tabs.addTab(page, group.value)
+        for setting in SETTINGS:
+            if setting.key == MODEL_KEY:
+                continue
+            editor = _Editor(setting)
+            editor.widget.setToolTip(setting.help)
+            editor.widget.setObjectName(setting.key)
+            self._editors[setting.key] = editor
+            pages[setting.group].addRow(setting.label, _with_help(editor.widget, setting.help))
+            if setting.key == "system_preset":
+                self.preset_preview = QLabel()
+                self.preset_preview.setWordWrap(True)
+                self.preset_preview.setTextFormat(Qt.TextFormat.PlainText)
+                pages[setting.group].addRow("", self.preset_preview)
+
+        self.error_label = QLabel()
+        self.error_label.setObjectName("error")
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet(ERROR_STYLE)
+        self.error_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.error_label.hide()
+
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Ok
+            | QDialogButtonBox.StandardButton.Apply
+            | QDialogButtonBox.StandardButton.Cancel
+            | QDialogButtonBox.StandardButton.RestoreDefaults
+        )
+        self.buttons.clicked.connect(self._on_button)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._tabs)
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.buttons)
+
+        self._load_from_store()
+        for key in ("n_ctx", "kv_cache_type", "flash_attn"):
+            self._editors[key].connect_changed(self._refresh_fits)
+        self._editors["system_preset"].connect_changed(self._sync_system_prompt)
+        self._sync_system_prompt()
+
+    # -- the model picker ------------------------------------------------------------------
+
+    def _build_model_picker(self) -> QWidget:
+        box = QWidget()
+        layout = QVBoxLayout(box)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.gpu_label = QLabel(describe_gpu(self._gpu))
+        self.gpu_label.setObjectName("gpu")
+        self.gpu_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.model_list = ModelList()
+        self.model_list.setMinimumHeight(150)
+        self.manifest_label = QLabel()
+        self.manifest_label.setWordWrap(True)
+        self.manifest_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.manifest_label.hide()
+        folder = QLabel(f"Models folder: {self._models_dir}")
+        folder.setTextFormat(Qt.TextFormat.PlainText)
+        folder.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        browse = QPushButton("Add a GGUF file…")
+        browse.clicked.connect(self._browse_model)
+        row = QHBoxLayout()
+        row.addWidget(folder, 1)
+        row.addWidget(browse)
+        layout.addWidget(QLabel("Model and quantization level"))
+        layout.addWidget(self.gpu_label)
+        layout.addWidget(self.model_list)
+        layout.addWidget(self.manifest_label)
+        layout.addLayout(row)
+        return box
+
+    def _populate_models(self, selected: Path | None) -> None:
+        entries, warning = discover_models(self._models_dir, [selected, *self._extra_models])
+        self.model_list.set_entries(entries, selected)
+        self.manifest_label.setVisible(bool(warning))
+        self.manifest_label.setText(f"manifest.json ignored: {warning}" if warning else "")
+        self._refresh_fits()
+
+    def _refresh_fits(self) -> None:
+        n_ctx = int(self._editors["n_ctx"].value())  # type: ignore[arg-type]
+        kv = str(self._editors["kv_cache_type"].value())
+        # Auto means on wherever llama.cpp has it, which is every build the app ships.
+        flash_attn = self._editors["flash_attn"].value() is not False
+        self.model_list.set_fits(lambda entry: fit_badge(entry, n_ctx, kv, flash_attn, self._gpu))
+
+    def _browse_model(self) -> None:
+        name, _ = QFileDialog.getOpenFileName(
+            self, "Choose a GGUF model", str(self._models_dir), "GGUF models (*.gguf)"
+        )
+        if name:
+            self.add_model_file(Path(name))
+
+    def add_model_file(self, path: Path) -> bool:
+        """Offer a file from outside the models folder; a bad file is refused with its reason."""
+        try:
+            check_model(path)
+        except ModelFileError as error:
+            self._show_error(str(error))
+            return False
+        self._extra_models.append(path)
+        self._populate_models(path)
+        self._clear_error()
+        return True
+
+    # -- values ----------------------------------------------------------------------------
+
+    def _load_from_store(self) -> None:
+        for key, editor in self._editors.items():
+            editor.set_value(self._store.get(key))
+        model = self._store.get(MODEL_KEY)
+        self._populate_models(Path(str(model)) if model else None)
+
+    def _sync_system_prompt(self) -> None:
+        preset = str(self._editors["system_preset"].value())
+        self._editors["system_prompt"].widget.setEnabled(preset == SystemPreset.CUSTOM.value)
+        text = SYSTEM_PRESET_TEXT[preset]
+        if text is None:
+            preview = "The model is sent the text below as its system message."
+        elif text:
+            preview = f"The model is sent this system message: {text}"
+        else:
+            preview = "No system message is sent."
+        self.preset_preview.setText(preview)
+
+    def editor(self, key: str) -> QWidget:
+        """The widget that edits `key` (for tests and for focusing a refused value)."""
+        return self._editors[key].widget
+
+    def values(self) -> dict[str, object]:
+        """What the dialog currently shows, in the settings' own types."""
+        values = {key: editor.value() for key, editor in self._editors.items()}
+        selected = self.model_list.selected_path()
+        current = self._store.get(MODEL_KEY)
+        if selected is None or (current and same_file(selected, str(current))):
+            # The same file under the name the settings already use: not a change, no reload.
+            values[MODEL_KEY] = current
+        else:
+            values[MODEL_KEY] = str(selected)
+        return values
+
+    def restore_defaults(self) -> None:
+        """Show the defaults (the model stays); nothing is applied until Apply or OK."""
+        for key, value in defaults().items():
+            if key in self._editors:
+                self._editors[key].set_value(value)
+        self._clear_error()
+
+    def apply(self) -> bool:
+        """Validate, store and save what the dialog shows; False (reason shown) if refused."""
+        values = self.values()
+        try:
+            self._check_against_model(values)
+            changed = self._store.update(values)
+        except SettingsValueError as error:
+            self._show_error(error.reason, error.key)
+            return False
+        try:
+            self._store.save()
+        except SettingsSaveError as error:
+            self._show_error(f"{error} The new settings apply until the app is closed.")
+            if changed:
+                self.applied.emit(changed)
+            return False
+        self._clear_error()
+        if changed:
+            self.applied.emit(changed)
+        return True
+
+    def _check_against_model(self, values: dict[str, object]) -> None:
+        model = values.get(MODEL_KEY)
+        if not model:
+            return
+        path = Path(str(model))
+        try:
+            limit = check_model(path).n_ctx_train
+        except ModelFileError as error:
+            if model != self._store.get(MODEL_KEY):
+                raise SettingsValueError(MODEL_KEY, str(error)) from None
+            return  # the current model went missing; the window reports that when it loads
+        n_ctx = values["n_ctx"]
+        if isinstance(n_ctx, int) and n_ctx > limit:
+            raise SettingsValueError(
+                "n_ctx",
+                f"{path.name} was trained for at most {limit} tokens of context; "
+                f"choose {limit} or less (not {n_ctx}).",
+            )
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def _show_error(self, reason: str, key: str | None = None) -> None:
+        self.error_label.setText(reason)
+        self.error_label.show()
+        if key is None:
+            return
+        if key == MODEL_KEY:
+            self._tabs.setCurrentIndex(list(SettingGroup).index(SettingGroup.MODEL))
+            return
+        setting = SETTINGS_BY_KEY.get(key)
+        if setting is not None and key in self._editors:
+            self._tabs.setCurrentIndex(list(SettingGroup).index(setting.group))
+            self._editors[key].widget.setFocus()
+
+    def _clear_error(self) -> None:
+        self.error_label.clear()
+        self.error_label.hide()
+
+    def error_text(self) -> str:
+        return self.error_label.text() if not self.error_label.isHidden() else ""
+
+    def _on_button(self, button: QAbstractButton) -> None:
+        role = self.buttons.standardButton(button)
+        if role == QDialogButtonBox.StandardButton.Ok:
+            if self.apply():
+                self.accept()
+        elif role == QDialogButtonBox.StandardButton.Apply:
+            self.apply()
+        elif role == QDialogButtonBox.StandardButton.RestoreDefaults:
+            self.restore_defaults()
+        else:
+            self.reject()
+
+
+_platform_look: tuple[str, QPalette] | None = None
+
+
+def _dark_palette() -> QPalette:
+    palette = QPalette()
+    colors = {
+        QPalette.ColorRole.Window: "#202124",
+        QPalette.ColorRole.WindowText: "#e8eaed",
+        QPalette.ColorRole.Base: "#17181a",
+        QPalette.ColorRole.AlternateBase: "#26272b",
+        QPalette.ColorRole.ToolTipBase: "#303134",
+        QPalette.ColorRole.ToolTipText: "#e8eaed",
+        QPalette.ColorRole.PlaceholderText: "#9aa0a6",
+        QPalette.ColorRole.Text: "#e8eaed",
+        QPalette.ColorRole.Button: "#2d2e31",
+        QPalette.ColorRole.ButtonText: "#e8eaed",
+        QPalette.ColorRole.BrightText: "#ff8a80",
+        QPalette.ColorRole.Link: "#8ab4f8",
+        QPalette.ColorRole.Highlight: "#3d6fb4",
+        QPalette.ColorRole.HighlightedText: "#ffffff",
+    }
+    for role, color in colors.items():
+        palette.setColor(role, QColor(color))
+    for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText):
+        palette.setColor(QPalette.ColorGroup.Disabled, role, QColor("#6f7378"))
+    return palette
+
+
+def apply_theme(theme: str) -> None:
+    """Follow the platform's light or dark look, or force one.
+
+    Qt's colour-scheme hint does the job where the platform theme supports it; elsewhere (many
+    Linux desktops, the offscreen platform) a forced theme uses the Fusion style with its own
+    palette, and "system" puts back the look the app started with.
+    """
+    global _platform_look
+    app = QApplication.instance()
+    if not isinstance(app, QApplication):
+        return
+    if _platform_look is None:
+        _platform_look = (app.style().name(), app.palette())
+    scheme = {
+        Theme.LIGHT.value: Qt.ColorScheme.Light,
+        Theme.DARK.value: Qt.ColorScheme.Dark,
+    }.get(theme, Qt.ColorScheme.Unknown)
+    app.styleHints().setColorScheme(scheme)
+    if scheme == Qt.ColorScheme.Unknown:
+        style_name, palette = _platform_look
+        app.setStyle(style_name)
+        app.setPalette(palette)
+    elif app.styleHints().colorScheme() != scheme:
+        app.setStyle("Fusion")
+        dark = scheme == Qt.ColorScheme.Dark
+        app.setPalette(_dark_palette() if dark else app.style().standardPalette())

@@ -1,0 +1,519 @@
+"""Every user setting, declared once; the store that validates, persists and upgrades them.
+
+`SETTINGS` is the one table. The settings dialog builds its editors from it, the store validates
+against it, and the JSON file on disk is written from it. Adding a setting means adding one row
+here (and, if it changes the file's shape, an upgrade step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import get_args
+
+from fathom_desktop import paths
+from fathom_desktop.engine.types import (
+    FATHOM_EVAL_INSTRUCTION,
+    FATHOM_N_CTX,
+    KvCacheType,
+    LoadOptions,
+    SamplingParams,
+)
+
+log = logging.getLogger(__name__)
+
+# Version of the settings file's layout. Bump it together with a step in `_UPGRADES`.
+SCHEMA_VERSION = 1
+
+# llama.cpp rejects a quantized V cache unless flash attention is on.
+KV_CACHE_TYPES: tuple[str, ...] = get_args(KvCacheType)
+QUANTIZED_KV_CACHE_TYPES = tuple(t for t in KV_CACHE_TYPES if t != "f16")
+
+# Qwen2's trained context (max_position_embeddings of Fathom-R1-14B); the dialog also checks the
+# chosen model's own n_ctx_train.
+MAX_CONTEXT = 131072
+# Below this the R1 chat template plus one short exchange no longer fits.
+MIN_CONTEXT = 512
+
+
+class SettingGroup(StrEnum):
+    MODEL = "Model"
+    SAMPLING = "Sampling"
+    PROMPT = "Prompt"
+    APPEARANCE = "Appearance"
+
+
+class SystemPreset(StrEnum):
+    FATHOM_EVAL = "fathom_eval"
+    NONE = "none"
+    CUSTOM = "custom"
+
+
+SYSTEM_PRESET_TEXT: dict[str, str | None] = {
+    SystemPreset.FATHOM_EVAL.value: FATHOM_EVAL_INSTRUCTION,
+    SystemPreset.NONE.value: "",
+    SystemPreset.CUSTOM.value: None,  # the text of the system_prompt setting
+}
+
+
+class Theme(StrEnum):
+    SYSTEM = "system"
+    LIGHT = "light"
+    DARK = "dark"
+
+
+class SettingsValueError(ValueError):
+    """A value a setting cannot take; str(error) is the reason, one line, fit to show a user."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+class SettingsSaveError(OSError):
+    """The settings file could not be written; str(error) is one readable line."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    type: type  # bool, int, float or str
+    default: object
+    label: str
+    group: SettingGroup
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    # Display names for `choices`, same order; the raw value is shown when empty.
+    choice_labels: tuple[str, ...] = ()
+    # When set, None is a valid value and the dialog shows it under this name ("auto", "random").
+    none_label: str | None = None
+    multiline: bool = False
+    # Decimal places a float editor shows.
+    decimals: int = 2
+
+    def validate(self, value: object) -> object:
+        """Return `value` in this setting's type, or raise SettingsValueError with the reason."""
+        if value is None:
+            if self.none_label is None:
+                raise SettingsValueError(self.key, f"{self.label} needs a value.")
+            return None
+        value = self._coerce(value)
+        if self.choices and value not in self.choices:
+            allowed = ", ".join(self.choices)
+            raise SettingsValueError(self.key, f"{self.label} must be one of: {allowed}.")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            low, high = self.minimum, self.maximum
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise SettingsValueError(
+                    self.key, f"{self.label} must be between {_show(low)} and {_show(high)}."
+                )
+        return value
+
+    def _coerce(self, value: object) -> object:
+        wrong = SettingsValueError(self.key, f"{self.label} must be {_TYPE_WORDS[self.type]}.")
+        # bool is an int subclass in Python; a checkbox value is never a number here.
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise wrong
+            return value
+        if isinstance(value, bool):
+            raise wrong
+        if self.type is int:
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if not isinstance(value, int):
+                raise wrong
+            return value
+        if self.type is float:
+            if not isinstance(value, int | float) or value != value:  # NaN compares unequal
+                raise wrong
+            return float(value)
+        if self.type is str and isinstance(value, os.PathLike):
+            return os.fspath(value)  # model_path may arrive as a Path
+        if not isinstance(value, self.type):
+            raise wrong
+        return value
+
+    def choice_label(self, choice: str) -> str:
+        if self.choice_labels:
+            return self.choice_labels[self.choices.index(choice)]
+        return choice
+
+
+_TYPE_WORDS = {bool: "on or off", int: "a whole number", float: "a number", str: "text"}
+
+
+def _show(bound: float | None) -> str:
+    if bound is None:
+        return "any"
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+_SAMPLING = SamplingParams()
+_LOAD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LoadOptions)}
+_M, _S, _P, _A = (
+    SettingGroup.MODEL,
+    SettingGroup.SAMPLING,
+    SettingGroup.PROMPT,
+    SettingGroup.APPEARANCE,
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    # Model
+    Setting("model_path", str, None, "Model file", _M,
+            "The GGUF file to chat with.", none_label="none chosen"),
+    Setting("n_gpu_layers", int, _LOAD_DEFAULTS["n_gpu_layers"], "GPU layers", _M,
+            "Transformer layers to run on the GPU; auto offloads as many as fit in free VRAM.",
+            minimum=0, maximum=999, none_label="auto"),
+    Setting("n_ctx", int, FATHOM_N_CTX, "Context length", _M,
+            "Tokens the model can see at once (prompt, history, reasoning and answer). "
+            "More needs more memory.", minimum=MIN_CONTEXT, maximum=MAX_CONTEXT),
+    Setting("kv_cache_type", str, _LOAD_DEFAULTS["kv_cache_type"], "KV cache type", _M,
+            "q8_0 and q4_0 halve or quarter the cache's memory; they need flash attention.",
+            choices=KV_CACHE_TYPES),
+    Setting("flash_attn", bool, _LOAD_DEFAULTS["flash_attn"], "Flash attention", _M,
+            "Faster, leaner attention; auto turns it on when this build of llama.cpp supports it.",
+            none_label="auto"),
+    Setting("n_threads", int, _LOAD_DEFAULTS["n_threads"], "CPU threads", _M,
+            "Threads for the layers that run on the CPU.", minimum=1, maximum=512,
+            none_label="auto"),
+    # Sampling
+    Setting("temperature", float, _SAMPLING.temperature, "Temperature", _S,
+            "Randomness; Fathom-R1 is tuned for 0.6. Low values can make it loop.",
+            minimum=0.0, maximum=2.0),
+    Setting("top_p", float, _SAMPLING.top_p, "Top-p", _S,
+            "Sample only from the most likely tokens whose probabilities add up to this.",
+            minimum=0.0, maximum=1.0),
+    Setting("top_k", int, _SAMPLING.top_k, "Top-k", _S,
+            "Sample only from this many most likely tokens; 0 turns the limit off.",
+            minimum=0, maximum=1000),
+    Setting("min_p", float, _SAMPLING.min_p, "Min-p", _S,
+            "Drop tokens less likely than this fraction of the most likely one.",
+            minimum=0.0, maximum=1.0),
+    Setting("repeat_penalty", float, _SAMPLING.repeat_penalty, "Repeat penalty", _S,
+            "Values above 1 discourage repeating recent tokens.", minimum=1.0, maximum=2.0),
+    Setting("seed", int, _SAMPLING.seed, "Seed", _S,
+            "The same seed, prompt and settings give the same reply.",
+            minimum=0, maximum=2**31 - 1, none_label="random"),
+    Setting("max_tokens", int, _SAMPLING.max_tokens, "Max tokens", _S,
+            "Longest reply, reasoning included; unlimited runs until the context is full.",
+            minimum=1, maximum=MAX_CONTEXT, none_label="unlimited"),
+    Setting("thinking_budget", int, _SAMPLING.thinking_budget, "Thinking budget", _S,
+            "Reasoning tokens after which the model is told to answer.",
+            minimum=0, maximum=MAX_CONTEXT, none_label="unlimited"),
+    # Prompt
+    Setting("system_preset", str, SystemPreset.FATHOM_EVAL.value, "System prompt", _P,
+            "Fathom's evaluation instruction asks for step-by-step reasoning and a boxed answer.",
+            choices=tuple(p.value for p in SystemPreset),
+            choice_labels=("Fathom evaluation instruction", "None", "Custom")),
+    Setting("system_prompt", str, "", "Custom system prompt", _P,
+            "Used when the system prompt is set to Custom.", multiline=True),
+    # Appearance
+    Setting("theme", str, Theme.SYSTEM.value, "Theme", _A,
+            choices=tuple(t.value for t in Theme), choice_labels=("System", "Light", "Dark")),
+    Setting("collapse_reasoning_when_answering", bool, True, "Collapse reasoning when answering",
+            _A,
+            "Fold the reasoning pane away once the answer starts."),
+)  # fmt: skip
+
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+
+
+def defaults() -> dict[str, object]:
+    return {s.key: s.default for s in SETTINGS}
+
+
+def _label(key: str) -> str:
+    return SETTINGS_BY_KEY[key].label
+
+
+# Rules that involve more than one setting. Each returns the offending key and the reason.
+def _quantized_kv_needs_flash_attn(values: Mapping[str, object]) -> SettingsValueError | None:
+    kv = values["kv_cache_type"]
+    if kv in QUANTIZED_KV_CACHE_TYPES and values["flash_attn"] is False:
+        return SettingsValueError(
+            "kv_cache_type",
+            f"A {kv} KV cache needs flash attention: set flash attention to on or auto, "
+            "or use an f16 KV cache.",
+        )
+    return None
+
+
+def _max_tokens_within_context(values: Mapping[str, object]) -> SettingsValueError | None:
+    max_tokens, n_ctx = values["max_tokens"], values["n_ctx"]
+    if isinstance(max_tokens, int) and isinstance(n_ctx, int) and max_tokens > n_ctx:
+        return SettingsValueError(
+            "max_tokens",
+            f"{_label('max_tokens')} ({max_tokens}) cannot exceed the "
+            f"{_label('n_ctx').lower()} ({n_ctx}).",
+        )
+    return None
+
+
+def _thinking_leaves_room_to_answer(values: Mapping[str, object]) -> SettingsValueError | None:
+    budget, max_tokens = values["thinking_budget"], values["max_tokens"]
+    if isinstance(budget, int) and isinstance(max_tokens, int) and budget >= max_tokens:
+        return SettingsValueError(
+            "thinking_budget",
+            f"The thinking budget ({budget}) must be below max tokens ({max_tokens}) "
+            "to leave room for the answer.",
+        )
+    return None
+
+
+CROSS_RULES: tuple[Callable[[Mapping[str, object]], SettingsValueError | None], ...] = (
+    _quantized_kv_needs_flash_attn,
+    _max_tokens_within_context,
+    _thinking_leaves_room_to_answer,
+)
+
+
+def validate_all(values: Mapping[str, object]) -> dict[str, object]:
+    """Check a complete set of values; return them typed or raise the first problem found."""
+    checked = {s.key: s.validate(values[s.key]) for s in SETTINGS}
+    for rule in CROSS_RULES:
+        problem = rule(checked)
+        if problem is not None:
+            raise problem
+    return checked
+
+
+# Upgrade steps: _UPGRADES[n] turns a version-n document into a version-(n+1) one.
+def _upgrade_0_to_1(document: dict) -> dict:
+    # Version 0 is a bare {key: value} object with no version field, which is also what a
+    # hand-written file most likely looks like.
+    return {"schema_version": 1, "settings": dict(document)}
+
+
+_UPGRADES: dict[int, Callable[[dict], dict]] = {0: _upgrade_0_to_1}
+
+
+def upgrade(document: dict) -> dict:
+    version = document.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ValueError(f"schema_version {version!r} is not a version number")
+    while version < SCHEMA_VERSION:
+        document = _UPGRADES[version](document)
+        version = document["schema_version"]
+    return document
+
+
+Listener = Callable[[str, object], None]
+
+
+class SettingsStore:
+    """The current settings, validated against `SETTINGS`, saved as JSON in the config folder.
+
+    `changed` holds callables invoked as listener(key, new_value) after a value really changed.
+    `warnings` holds one-line messages about a settings file that could not be used as it was.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._values = defaults()
+        # Keys this version does not know (a newer version's, or a typo) are written back as found.
+        self._unknown: dict[str, object] = {}
+        self.warnings: list[str] = []
+        self.changed: list[Listener] = []
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> SettingsStore:
+        """Read the settings file (default: the user's); a bad file never stops the app."""
+        store = cls(Path(path) if path is not None else paths.settings_file())
+        store._read()
+        for warning in store.warnings:
+            log.warning("%s", warning)
+        return store
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        assert self.path is not None
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as error:
+            self._whole_file_unusable(f"could not be read ({_reason(error)})")
+            return
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            self._whole_file_unusable(f"is not valid JSON (line {error.lineno}: {error.msg})")
+            return
+        if not isinstance(document, dict):
+            self._whole_file_unusable("does not hold a JSON object")
+            return
+        version = document.get("schema_version", 0)
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            self.warnings.append(
+                f"Settings file {self.path} is from a newer Fathom Desktop (schema {version}); "
+                "using the settings this version understands."
+            )
+        else:
+            try:
+                document = upgrade(document)
+            except (ValueError, KeyError, TypeError) as error:
+                self._whole_file_unusable(f"could not be upgraded ({error})")
+                return
+        raw = document.get("settings")
+        if not isinstance(raw, dict):
+            self._whole_file_unusable('has no "settings" object')
+            return
+        self._take(raw)
+
+    def _take(self, raw: dict) -> None:
+        rejected: list[str] = []
+        values = defaults()
+        for key, value in raw.items():
+            setting = SETTINGS_BY_KEY.get(key)
+            if setting is None:
+                self._unknown[key] = value
+                continue
+            try:
+                values[key] = setting.validate(value)
+            except SettingsValueError as error:
+                rejected.append(f"{key} ({error.reason.rstrip('.')})")
+        for rule in CROSS_RULES:
+            problem = rule(values)
+            if problem is not None:
+                rejected.append(f"{problem.key} ({problem.reason.rstrip('.')})")
+                values[problem.key] = SETTINGS_BY_KEY[problem.key].default
+        self._values = values
+        if rejected:
+            self._keep_copy_of_bad_file()
+            self.warnings.append(
+                f"Settings file {self.path}: using the default for {'; '.join(rejected)}; "
+                "every other setting was kept."
+            )
+        if self._unknown:
+            names = ", ".join(sorted(self._unknown))
+            self.warnings.append(
+                f"Settings file {self.path} has settings this version does not know ({names}); "
+                "they are left as they are."
+            )
+
+    def _whole_file_unusable(self, what: str) -> None:
+        backup = self._keep_copy_of_bad_file()
+        kept = f" A copy was kept as {backup.name}." if backup else ""
+        self.warnings.append(f"Settings file {self.path} {what}; using the defaults.{kept}")
+
+    def _keep_copy_of_bad_file(self) -> Path | None:
+        # The next save overwrites the file, so the user's hand edits are copied aside first.
+        assert self.path is not None
+        backup = self.path.with_name(self.path.name + ".bad")
+        try:
+            shutil.copyfile(self.path, backup)
+        except OSError:
+            return None
+        return backup
+
+    # -- values ------------------------------------------------------------------------------
+
+    def get(self, key: str) -> object:
+        return self._values[key]
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self._values)
+
+    def set(self, key: str, value: object) -> None:
+        """Validate and apply one value (not saved until save()); raises SettingsValueError."""
+        self.update({key: value})
+
+    def check(self, changes: Mapping[str, object]) -> dict[str, object]:
+        """Return the complete settings `changes` would produce, or raise SettingsValueError."""
+        for key in changes:
+            if key not in SETTINGS_BY_KEY:
+                raise SettingsValueError(key, f"There is no setting called {key!r}.")
+        return validate_all({**self._values, **changes})
+
+    def update(self, changes: Mapping[str, object]) -> list[str]:
+        """Apply several values together (all or none); return the keys whose value changed."""
+        candidate = self.check(changes)
+        changed = [key for key, value in candidate.items() if self._values[key] != value]
+        self._values = candidate
+        for key in changed:
+            for listener in list(self.changed):
+                listener(key, candidate[key])
+        return changed
+
+    def reset(self) -> list[str]:
+        return self.update(defaults())
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write the file atomically: a crash mid-write leaves the previous file intact."""
+        path = self.path if self.path is not None else paths.settings_file()
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "settings": {**self._unknown, **self._values},
+        }
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        try:
+            paths.write_text_atomically(path, text)
+        except OSError as error:
+            raise SettingsSaveError(
+                f"Could not save settings to {path}: {_reason(error)}."
+            ) from error
+        self.path = path
+
+    # -- what the engine and the chat need -----------------------------------------------
+
+    def load_options(self) -> LoadOptions:
+        model_path = self._values["model_path"]
+        if not isinstance(model_path, str) or not model_path:
+            raise SettingsValueError("model_path", "No model file is chosen yet.")
+        return LoadOptions(
+            model_path=Path(model_path),
+            n_ctx=self._int("n_ctx"),
+            n_gpu_layers=self._optional_int("n_gpu_layers"),
+            flash_attn=self._values["flash_attn"],  # type: ignore[arg-type]
+            kv_cache_type=self._values["kv_cache_type"],  # type: ignore[arg-type]
+            n_threads=self._optional_int("n_threads"),
+        )
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=float(self._values["temperature"]),  # type: ignore[arg-type]
+            top_p=float(self._values["top_p"]),  # type: ignore[arg-type]
+            top_k=self._int("top_k"),
+            min_p=float(self._values["min_p"]),  # type: ignore[arg-type]
+            repeat_penalty=float(self._values["repeat_penalty"]),  # type: ignore[arg-type]
+            seed=self._optional_int("seed"),
+            max_tokens=self._optional_int("max_tokens"),
+            thinking_budget=self._optional_int("thinking_budget"),
+        )
+
+    def system_prompt(self) -> str:
+        """The system message to send ("" for none), following the chosen preset."""
+        preset_text = SYSTEM_PRESET_TEXT[str(self._values["system_preset"])]
+        if preset_text is None:
+            return str(self._values["system_prompt"]).strip()
+        return preset_text
+
+    def _int(self, key: str) -> int:
+        value = self._values[key]
+        assert isinstance(value, int)
+        return value
+
+    def _optional_int(self, key: str) -> int | None:
+        value = self._values[key]
+        assert value is None or isinstance(value, int)
+        return value
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__

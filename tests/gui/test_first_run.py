@@ -1,0 +1,244 @@
+"""The first-run dialog: open a local GGUF, refuse a bad one, convert a checkpoint, download."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from fathom_desktop import paths
+from fathom_desktop.engine import planner
+from fathom_desktop.engine.planner import GpuInfo
+from fathom_desktop.gui.first_run import FirstRunDialog, Page
+from fathom_desktop.gui.first_run_steps import JobCancelled, JobProgress, convert_folder
+from tests.gui.test_settings_dialog import write_model_header
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+FAKE_GPU = GpuInfo(name="Fake RTX 4060", total_bytes=8 * 2**30, free_bytes=int(7.6 * 2**30))
+# Quantizing runs llama.cpp in a child process; allow for a loaded 2-core machine.
+JOB_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(autouse=True)
+def fathom_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(paths.HOME_ENV_VAR, str(tmp_path / "home"))
+    monkeypatch.setattr(planner, "detect_gpu", lambda: FAKE_GPU)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Records (and refuses) every attempt to open a connection from this process."""
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network use in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+@pytest.fixture
+def dialog(qtbot) -> FirstRunDialog:
+    d = FirstRunDialog()
+    qtbot.addWidget(d)
+    d.resize(640, 420)
+    d.show()
+    return d
+
+
+def _shot(widget: FirstRunDialog, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert widget.grab().save(str(ARTIFACTS / name))
+
+
+def test_opens_a_local_gguf(dialog: FirstRunDialog, tmp_path: Path, no_network: list) -> None:
+    model = write_model_header(tmp_path / "Fathom-R1-14B-Q4_K_M.gguf")
+    _shot(dialog, "first_run_welcome.png")
+    assert dialog.open_gguf(model)
+    assert dialog.chosen_path == model
+    assert dialog.result() == FirstRunDialog.DialogCode.Accepted
+    assert no_network == []
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"PK\x03\x04 a zip file", "notes.gguf is not a GGUF model file"),
+        (b"GGUF" + bytes(10), "notes.gguf is damaged or incomplete"),
+    ],
+)
+def test_refuses_a_bad_file_with_a_message(
+    dialog: FirstRunDialog, tmp_path: Path, content: bytes, reason: str, no_network: list
+) -> None:
+    bad = tmp_path / "notes.gguf"
+    bad.write_bytes(content)
+    assert not dialog.open_gguf(bad)
+    assert dialog.error_text().startswith(reason)
+    assert "\n" not in dialog.error_text()
+    assert dialog.chosen_path is None and dialog.isVisible()
+    assert dialog.page() is Page.WELCOME
+    _shot(dialog, "first_run_refused.png")
+    assert no_network == []
+
+
+def test_refuses_a_truncated_model(dialog: FirstRunDialog, tmp_path: Path) -> None:
+    model = write_model_header(tmp_path / "cut.gguf")
+    with open(model, "r+b") as f:
+        f.truncate(model.stat().st_size // 2)
+    assert not dialog.open_gguf(model)
+    assert "cut.gguf is incomplete" in dialog.error_text()
+
+
+def test_offers_models_already_in_the_folder(qtbot, tmp_path: Path) -> None:
+    folder = paths.models_dir()
+    write_model_header(folder / "Fathom-R1-14B-Q4_K_M.gguf")
+    dialog = FirstRunDialog()
+    qtbot.addWidget(dialog)
+    assert not dialog.existing_button.isHidden()
+    assert "1 found" in dialog.existing_button.text()
+    dialog.existing_button.click()
+    assert dialog.page() is Page.CHOOSE
+    item = dialog.model_list.topLevelItem(0)
+    assert item.text(0) == "Fathom-R1-14B-Q4_K_M.gguf"
+    assert item.text(3).startswith("partial: ")  # 14B at Q4_K_M on an 8 GB card
+    dialog.resize(640, 420)
+    _shot(dialog, "first_run_choose.png")
+    dialog._use_selected()
+    assert dialog.chosen_path == folder / "Fathom-R1-14B-Q4_K_M.gguf"
+
+
+def test_empty_folder_hides_the_existing_models_button(dialog: FirstRunDialog) -> None:
+    assert dialog.existing_button.isHidden()
+
+
+def test_a_cancelled_conversion_leaves_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cancel = threading.Event()
+    reports: list[tuple[str, int, int, str]] = []
+
+    def report(step: str, done: int, total: int, message: str) -> None:
+        reports.append((step, done, total, message))
+        cancel.set()  # the user presses Cancel as soon as the conversion starts
+
+    out_dir = tmp_path / "models"
+    out_dir.mkdir()
+    with pytest.raises(JobCancelled):
+        convert_folder(tiny_checkpoint, out_dir, JobProgress(report, cancel), cancel)
+    assert reports and reports[0][0] == "convert"
+    assert list(out_dir.iterdir()) == []
+
+
+def test_download_while_offline_says_so(dialog: FirstRunDialog, qtbot) -> None:
+    # conftest sets HF_HUB_OFFLINE=1; the child process inherits it.
+    dialog.download_button.click()
+    assert dialog.page() is Page.DOWNLOAD
+    _shot(dialog, "first_run_download.png")
+    dialog.start_download()
+    assert dialog.page() is Page.WORKING
+    qtbot.waitUntil(lambda: not dialog.job_running(), timeout=JOB_TIMEOUT_MS)
+    assert dialog.page() is Page.DOWNLOAD
+    assert dialog.error_text().startswith(
+        "Cannot download FractalAIResearch/Fathom-R1-14B: offline mode is on"
+    )
+    _shot(dialog, "first_run_offline.png")
+
+
+def test_download_without_a_network_says_so(
+    dialog: FirstRunDialog, qtbot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Online mode, but the Hub's address refuses connections (a closed port on this machine).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    dialog.download_button.click()
+    dialog.start_download()
+    qtbot.waitUntil(lambda: not dialog.job_running(), timeout=JOB_TIMEOUT_MS)
+    assert "no network connection" in dialog.error_text()
+    assert "\n" not in dialog.error_text()
+
+
+def test_a_bad_repo_id_is_refused(dialog: FirstRunDialog, qtbot) -> None:
+    dialog.download_button.click()
+    dialog.repo_edit.setText("not a repo id")
+    dialog.start_download()
+    qtbot.waitUntil(lambda: not dialog.job_running(), timeout=JOB_TIMEOUT_MS)
+    assert dialog.error_text() == (
+        "'not a repo id' is not a Hugging Face repo id like FractalAIResearch/Fathom-R1-14B."
+    )
+
+
+@pytest.mark.slow
+def test_converts_a_checkpoint_then_quantizes_the_chosen_level(
+    dialog: FirstRunDialog, qtbot, tiny_checkpoint: Path, no_network: list
+) -> None:
+    models = paths.models_dir()
+    dialog.convert_checkpoint_folder(tiny_checkpoint)
+    qtbot.waitUntil(lambda: dialog.page() is Page.QUANTS, timeout=JOB_TIMEOUT_MS)
+    assert dialog.error_text() == ""
+    bf16 = models / f"{tiny_checkpoint.name}-BF16.gguf"
+    assert bf16.is_file()
+    # The ladder is offered with size and fit estimates; Q4_K_M is the default.
+    assert "Q8_0" in dialog.quant_boxes and dialog.quant_boxes["Q4_K_M"].isChecked()
+    assert _quant_row(dialog, "Q8_0")[1] == "fits on GPU"
+    dialog.resize(640, 420)
+    _shot(dialog, "first_run_quants.png")
+
+    dialog.quant_boxes["Q4_K_M"].setChecked(False)
+    dialog.quant_boxes["Q8_0"].setChecked(True)
+    dialog.start_quantize()
+    qtbot.waitUntil(lambda: dialog.page() is not Page.WORKING, timeout=JOB_TIMEOUT_MS)
+    assert dialog.error_text() == ""
+    assert dialog.page() is Page.CHOOSE
+    q8 = models / f"{tiny_checkpoint.name}-Q8_0.gguf"
+    assert q8.is_file() and not bf16.exists()  # the BF16 was not asked to be kept
+    assert dialog.model_list.topLevelItemCount() == 1
+    assert dialog.model_list.topLevelItem(0).text(1) == "Q8_0"
+    manifest = json.loads((models / "manifest.json").read_text())
+    [entry] = manifest["files"]
+    assert entry["file"] == q8.name and entry["quant_type"] == "Q8_0"
+    assert len(entry["sha256"]) == 64
+    _shot(dialog, "first_run_done.png")
+
+    dialog._use_selected()
+    assert dialog.chosen_path == q8
+    assert no_network == []
+
+
+def _quant_row(dialog: FirstRunDialog, name: str) -> list[str]:
+    grid = dialog.quant_grid
+    for row in range(grid.rowCount()):
+        box = grid.itemAtPosition(row, 0)
+        if box is not None and box.widget().text() == name:
+            return [grid.itemAtPosition(row, c).widget().text() for c in (1, 2, 3)]
+    raise AssertionError(f"{name} is not offered")
+
+
+def test_quantize_needs_a_choice(dialog: FirstRunDialog, tmp_path: Path) -> None:
+    dialog._converted(write_model_header(tmp_path / "x-BF16.gguf"))
+    for box in dialog.quant_boxes.values():
+        box.setChecked(False)
+    dialog.start_quantize()
+    assert dialog.error_text() == "Choose at least one quantization level, or keep the BF16 file."
+    assert dialog.page() is Page.QUANTS
+
+
+def test_opens_a_gguf_the_converter_made(dialog: FirstRunDialog, tiny_gguf_f32: Path) -> None:
+    assert dialog.open_gguf(tiny_gguf_f32)
+    assert dialog.chosen_path == tiny_gguf_f32
+
+
+def test_cancel_stops_a_conversion_and_keeps_nothing(
+    dialog: FirstRunDialog, qtbot, tiny_checkpoint: Path
+) -> None:
+    dialog.convert_checkpoint_folder(tiny_checkpoint)
+    assert dialog.page() is Page.WORKING
+    _shot(dialog, "first_run_working.png")
+    dialog.cancel_button.click()
+    qtbot.waitUntil(lambda: not dialog.job_running(), timeout=JOB_TIMEOUT_MS)
+    assert dialog.page() is Page.WELCOME
+    assert dialog.error_text() == "Cancelled; nothing unfinished was kept."
+    assert list(paths.models_dir().iterdir()) == []
