@@ -1,0 +1,411 @@
+"""The transcript: user messages, assistant messages (reasoning pane, answer, footer), notices.
+
+Streaming text is appended at the end of each document (never a whole-text replace), so a
+16k-token reasoning costs the same per batch at its end as at its start (the pane itself is in
+`reasoning_pane`). The answer's finished
+paragraphs are rendered (Markdown + math) as they complete; the paragraph still being written is
+plain text until it ends. Model text is never parsed as HTML: the reasoning is a plain-text
+document and the answer goes through `fathom_desktop.render`, which escapes everything.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import (
+    QGuiApplication,
+    QTextBlockFormat,
+    QTextCharFormat,
+    QTextCursor,
+    QTextDocument,
+)
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QTextEdit,
+    QVBoxLayout,
+    QWidget,
+)
+
+from fathom_desktop.gui.reasoning_pane import ReasoningPane, TailFollower
+from fathom_desktop.render import SafeDocument, answer_to_text, html_for, math_style
+
+# -- answers --------------------------------------------------------------------------------------
+
+
+class AutoHeightText(QTextEdit):
+    """A read-only text view as tall as its document, for use inside the transcript's scroll."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setDocument(SafeDocument(self))
+        self.setReadOnly(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.viewport().setAutoFillBackground(False)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        # Selectable, but nothing in it is a link that can be followed.
+        self.setTextInteractionFlags(
+            Qt.TextInteractionFlag.TextSelectableByMouse
+            | Qt.TextInteractionFlag.TextSelectableByKeyboard
+        )
+        self.document().documentLayout().documentSizeChanged.connect(self._fit)
+        self._fit()
+
+    def _fit(self, *_args: object) -> None:
+        height = math.ceil(self.document().size().height()) + 2 * self.frameWidth() + 2
+        if height != self.height():
+            self.setFixedHeight(height)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return QSize(super().sizeHint().width(), self.height())
+
+
+_FENCE_LINE = re.compile(r"^ {0,3}(```|~~~)", re.MULTILINE)
+
+
+def paragraph_boundary(source: str, start: int) -> int:
+    """End of the last complete paragraph after `start` that closes every fence and display
+    formula it opens, or `start` when there is none yet."""
+    search_end = len(source)
+    while True:
+        found = source.rfind("\n\n", start, search_end)
+        if found < 0:
+            return start
+        chunk = source[start:found]
+        balanced = (
+            len(_FENCE_LINE.findall(chunk)) % 2 == 0
+            and chunk.count("$$") % 2 == 0
+            and chunk.count("\\[") <= chunk.count("\\]")
+        )
+        if balanced:
+            return found + 2
+        search_end = found
+
+
+class AnswerView(AutoHeightText):
+    """The answer: rendered paragraph by paragraph while it streams, rendered whole when done."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("answerText")
+        self.source = ""
+        self._rendered_upto = 0  # characters of `source` shown rendered
+        self._tail_start = 0  # document position where the plain, unrendered tail begins
+
+    def append_stream(self, text: str) -> None:
+        self.source += text
+        cursor = QTextCursor(self.document())
+        boundary = paragraph_boundary(self.source, self._rendered_upto)
+        if boundary == self._rendered_upto:
+            cursor.movePosition(QTextCursor.MoveOperation.End)
+            cursor.insertText(text, QTextCharFormat())
+            return
+        # A paragraph ended: swap its plain text for its rendering; the rest stays plain.
+        cursor.setPosition(self._tail_start)
+        cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+        body, _ = html_for(
+            self.source[self._rendered_upto : boundary], self.document(), self._style()
+        )
+        cursor.insertHtml(body)
+        self._fix_first_inserted_block(body)
+        self._rendered_upto = boundary
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        # A fresh block, not a copy of the last one (which may be a list item or centred).
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+        self._tail_start = cursor.position()
+        cursor.insertText(self.source[boundary:], QTextCharFormat())
+
+    def _fix_first_inserted_block(self, body: str) -> None:
+        """Qt merges inserted HTML's first paragraph into the (empty) block at the cursor and
+        keeps that block's format; give the paragraph its own back (a centred formula), or drop
+        the empty block left in front of a list."""
+        first = self.document().findBlock(self._tail_start)
+        if not first.text() and first.next().isValid():
+            QTextCursor(first).deleteChar()
+            return
+        parsed = QTextDocument()
+        parsed.setHtml(body)
+        QTextCursor(first).setBlockFormat(parsed.firstBlock().blockFormat())
+
+    def render_source(self, source: str | None = None) -> None:
+        """Render the whole answer (the model finished, or it came from history)."""
+        if source is not None:
+            self.source = source
+        body, summary = html_for(self.source, self.document(), self._style())
+        self.document().setHtml(body)
+        self._rendered_upto = len(self.source)
+        self._tail_start = self.document().characterCount() - 1
+        self.formulas = summary.formulas
+
+    def _style(self):
+        return math_style(self.font(), self.palette())
+
+    def plain_text(self) -> str:
+        return answer_to_text(self.source)
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+class UserMessage(QFrame):
+    """Your message; Edit turns it into an editor whose Resend drops everything after it."""
+
+    edit_submitted = Signal(int, str)  # message id, new text
+
+    def __init__(self, text: str, message_id: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("userMessage")
+        self.message_id = message_id
+        self.text = text
+        self.label = QLabel(self)
+        self.label.setTextFormat(Qt.TextFormat.PlainText)  # never rich text, whatever it holds
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.label.setText(text)
+        self.editor = QPlainTextEdit(self)
+        self.editor.setVisible(False)
+        self.editor.setMaximumHeight(160)
+        self.edit_button = QPushButton("Edit", self)
+        self.edit_button.setFlat(True)
+        self.edit_button.clicked.connect(self.begin_edit)
+        self.resend_button = QPushButton("Resend", self)
+        self.resend_button.clicked.connect(self._resend)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.clicked.connect(self.cancel_edit)
+        for button in (self.resend_button, self.cancel_button):
+            button.setVisible(False)
+
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        for button in (self.edit_button, self.cancel_button, self.resend_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 6, 10, 2)
+        layout.setSpacing(2)
+        title = QLabel("You", self)
+        title.setObjectName("roleLabel")
+        layout.addWidget(title)
+        layout.addWidget(self.label)
+        layout.addWidget(self.editor)
+        layout.addLayout(buttons)
+
+    def set_editable(self, editable: bool) -> None:
+        self.edit_button.setEnabled(editable)
+        self.resend_button.setEnabled(editable)
+
+    def begin_edit(self) -> None:
+        self.editor.setPlainText(self.text)
+        self._show_editor(True)
+        self.editor.setFocus()
+
+    def cancel_edit(self) -> None:
+        self._show_editor(False)
+
+    def _resend(self) -> None:
+        text = self.editor.toPlainText().strip()
+        if not text:
+            return
+        self._show_editor(False)
+        self.edit_submitted.emit(self.message_id, text)
+
+    def _show_editor(self, editing: bool) -> None:
+        self.label.setVisible(not editing)
+        self.editor.setVisible(editing)
+        self.edit_button.setVisible(not editing)
+        self.resend_button.setVisible(editing)
+        self.cancel_button.setVisible(editing)
+
+
+class AssistantMessage(QFrame):
+    """A reply: reasoning pane, answer, and a footer with its figures and actions."""
+
+    regenerate_requested = Signal()
+
+    def __init__(
+        self, message_id: int, collapse_when_answering: bool = True, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.setObjectName("assistantMessage")
+        self.message_id = message_id
+        self.collapse_when_answering = collapse_when_answering
+        self.reasoning = ReasoningPane(self)
+        self.answer = AnswerView(self)
+        self.answer.setVisible(False)
+        self.error = QLabel(self)
+        self.error.setObjectName("errorText")
+        self.error.setTextFormat(Qt.TextFormat.PlainText)
+        self.error.setWordWrap(True)
+        self.error.setVisible(False)
+        self.figures = QLabel(self)
+        self.figures.setObjectName("figures")
+        self.figures.setTextFormat(Qt.TextFormat.PlainText)
+        self.copy_button = QPushButton("Copy", self)
+        self.copy_button.setToolTip("Copy the answer as plain text")
+        self.copy_button.clicked.connect(self.copy_text)
+        self.copy_latex_button = QPushButton("Copy LaTeX", self)
+        self.copy_latex_button.setToolTip("Copy the answer's Markdown and LaTeX source")
+        self.copy_latex_button.clicked.connect(self.copy_latex)
+        self.regenerate_button = QPushButton("Regenerate", self)
+        self.regenerate_button.clicked.connect(self.regenerate_requested)
+        self._footer = QWidget(self)
+        footer = QHBoxLayout(self._footer)
+        footer.setContentsMargins(0, 0, 0, 0)
+        footer.addWidget(self.figures, 1)
+        for button in (self.copy_button, self.copy_latex_button, self.regenerate_button):
+            button.setFlat(True)
+            footer.addWidget(button)
+        self._footer.setVisible(False)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 6, 10, 6)
+        layout.setSpacing(4)
+        title = QLabel("Fathom", self)
+        title.setObjectName("roleLabel")
+        layout.addWidget(title)
+        layout.addWidget(self.reasoning)
+        layout.addWidget(self.answer)
+        layout.addWidget(self.error)
+        layout.addWidget(self._footer)
+        self.answer_started = False
+
+    # -- streaming ----------------------------------------------------------------------------
+
+    def append(self, reasoning: str, answer: str, reasoning_tokens: int) -> None:
+        if reasoning:
+            self.reasoning.append(reasoning, reasoning_tokens)
+        if answer:
+            self.start_answer()
+            self.answer.append_stream(answer)
+
+    def start_answer(self) -> None:
+        if self.answer_started:
+            return
+        self.answer_started = True
+        self.reasoning.finish()
+        if self.reasoning.tokens == 0 and not self.reasoning.text():
+            self.reasoning.setVisible(False)
+        elif self.collapse_when_answering:
+            self.reasoning.set_expanded(False)
+        self.answer.setVisible(True)
+
+    def finish(self, answer: str, reasoning_tokens: int, figures: str, stopped: bool) -> None:
+        self.reasoning.finish(stopped=stopped and not self.answer_started, tokens=reasoning_tokens)
+        if answer:
+            self.answer_started = True
+            self.answer.setVisible(True)
+            self.answer.render_source(answer)
+        if not self.reasoning.text() and reasoning_tokens == 0:
+            self.reasoning.setVisible(False)
+        self.figures.setText(figures)
+        self._footer.setVisible(True)
+        has_answer = bool(answer)
+        self.copy_button.setEnabled(has_answer)
+        self.copy_latex_button.setEnabled(has_answer)
+
+    def fail(self, message: str) -> None:
+        self.reasoning.finish(stopped=True)
+        self.error.setText(message)
+        self.error.setVisible(True)
+        self._footer.setVisible(True)
+        self.copy_button.setEnabled(bool(self.answer.source))
+        self.copy_latex_button.setEnabled(bool(self.answer.source))
+
+    def set_regenerate_visible(self, visible: bool) -> None:
+        self.regenerate_button.setVisible(visible)
+
+    # -- clipboard ----------------------------------------------------------------------------
+
+    def copy_text(self) -> None:
+        QGuiApplication.clipboard().setText(self.answer.plain_text())
+
+    def copy_latex(self) -> None:
+        QGuiApplication.clipboard().setText(self.answer.source)
+
+
+class Notice(QLabel):
+    """A line in the transcript that is not a message (older turns left out, errors)."""
+
+    def __init__(self, text: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("notice")
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setWordWrap(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setText(text)
+
+
+# -- the transcript -------------------------------------------------------------------------------
+
+
+class ChatView(QScrollArea):
+    edit_submitted = Signal(int, str)
+    regenerate_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("chatView")
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._content = QWidget(self)
+        self._content.setObjectName("transcript")
+        self._layout = QVBoxLayout(self._content)
+        self._layout.setContentsMargins(12, 12, 12, 12)
+        self._layout.setSpacing(10)
+        self._layout.addStretch(1)
+        self.setWidget(self._content)
+        self.follower = TailFollower(self.verticalScrollBar())
+
+    def items(self) -> list[QWidget]:
+        widgets = (self._layout.itemAt(i).widget() for i in range(self._layout.count()))
+        return [widget for widget in widgets if widget is not None]
+
+    def user_messages(self) -> list[UserMessage]:
+        return [w for w in self.items() if isinstance(w, UserMessage)]
+
+    def assistant_messages(self) -> list[AssistantMessage]:
+        return [w for w in self.items() if isinstance(w, AssistantMessage)]
+
+    def clear(self) -> None:
+        for widget in self.items():
+            self._layout.removeWidget(widget)
+            widget.deleteLater()
+        self.follower.at_bottom = True
+
+    def add_user(self, text: str, message_id: int) -> UserMessage:
+        message = UserMessage(text, message_id, self._content)
+        message.edit_submitted.connect(self.edit_submitted)
+        self._add(message)
+        return message
+
+    def add_assistant(
+        self, message_id: int, collapse_when_answering: bool = True
+    ) -> AssistantMessage:
+        for earlier in self.assistant_messages():
+            earlier.set_regenerate_visible(False)
+        message = AssistantMessage(message_id, collapse_when_answering, self._content)
+        message.regenerate_requested.connect(self.regenerate_requested)
+        self._add(message)
+        return message
+
+    def add_notice(self, text: str) -> Notice:
+        notice = Notice(text, self._content)
+        self._add(notice)
+        return notice
+
+    def remove(self, widget: QWidget) -> None:
+        self._layout.removeWidget(widget)
+        widget.deleteLater()
+
+    def _add(self, widget: QWidget) -> None:
+        # Before the trailing stretch, so messages stack from the top; the follower scrolls.
+        self._layout.insertWidget(self._layout.count() - 1, widget)

@@ -1,0 +1,246 @@
+"""A stand-in for the real engine that honours `ChatEngine` without a model.
+
+It streams a scripted reasoning and answer at a chosen token rate, obeys Stop and Answer now
+between tokens, applies the thinking budget and max_tokens, and rejects files that are not GGUF
+the way the real engine does. The tests, `bench/ui_stream.py` and `fathom-desktop --fake-engine`
+(demos and screenshots) use it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fathom_desktop.engine.errors import ModelFileError, ModelNotLoadedError
+from fathom_desktop.engine.types import (
+    FATHOM_N_CTX,
+    ChatMessage,
+    DeltaKind,
+    Finished,
+    FinishReason,
+    GenerationControl,
+    GenerationStats,
+    LoadOptions,
+    LoadReport,
+    Phase,
+    PhaseChanged,
+    SamplingParams,
+    StreamEvent,
+    TextDelta,
+)
+
+# The path `--fake-engine` loads when no model is given; it is never opened.
+DEMO_MODEL_PATH = Path("fathom-r1-14b-demo.Q4_K_M.gguf")
+GGUF_MAGIC = b"GGUF"
+FATHOM_LAYERS = 48
+
+# One "token" per word with its leading space, or per run of spaces/newlines.
+_TOKEN = re.compile(r"\s*\S+|\s+")
+_QUANT = re.compile(r"(IQ\d_\w+|Q\d_K_[SML]|Q\d_K|Q\d_\d|F16|BF16|F32)", re.IGNORECASE)
+
+DEMO_REASONING = (
+    "Okay, so I need to find the sum of the first 50 positive odd numbers.\n\n"
+    "The odd numbers are 1, 3, 5, and so on; the n-th one is 2n - 1. "
+    "A known identity says the sum of the first n odd numbers is n^2. "
+    "Let me check it on small cases: 1 = 1, 1 + 3 = 4, 1 + 3 + 5 = 9. That works.\n\n"
+    "So for n = 50 the sum is 50^2 = 2500. Let me double-check with the arithmetic series "
+    "formula: n/2 times (first + last) = 25 * (1 + 99) = 2500. Both agree.\n"
+)
+DEMO_ANSWER = (
+    "The first $n$ odd numbers add up to a perfect square:\n\n"
+    "$$1 + 3 + \\dots + (2n-1) = \\sum_{k=1}^{n} (2k-1) = n^2.$$\n\n"
+    "- Check: $1 + 3 + 5 = 9 = 3^2$.\n"
+    "- As an arithmetic series: \\(\\frac{n}{2}(1 + (2n-1)) = n^2\\).\n\n"
+    "For $n = 50$ the sum is $50^2$, so the answer is \\boxed{2500}."
+)
+
+
+def split_tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text)
+
+
+@dataclass(frozen=True)
+class FakeScript:
+    """What the fake model "says"; answers may hold Markdown and LaTeX."""
+
+    reasoning: str = DEMO_REASONING
+    answer: str = DEMO_ANSWER
+
+
+class FakeEngine:
+    """Streams `script` at `tokens_per_s` (None: as fast as possible)."""
+
+    def __init__(
+        self,
+        script: FakeScript | None = None,
+        *,
+        tokens_per_s: float | None = 200.0,
+        load_delay_s: float = 0.0,
+        prompt_delay_s: float = 0.0,
+    ) -> None:
+        self.script = script or FakeScript()
+        self.tokens_per_s = tokens_per_s
+        self.load_delay_s = load_delay_s
+        self.prompt_delay_s = prompt_delay_s
+        self._loaded: LoadReport | None = None
+        # What the tests inspect: every conversation the engine was asked to continue.
+        self.requests: list[list[ChatMessage]] = []
+        self.load_calls: list[LoadOptions] = []
+        self.closed = False
+        self._lock = threading.Lock()
+
+    # -- ChatEngine ---------------------------------------------------------------------------
+
+    def load(self, options: LoadOptions) -> LoadReport:
+        self.load_calls.append(options)
+        path = Path(options.model_path)
+        if path != DEMO_MODEL_PATH:
+            _check_gguf(path)
+        if self.load_delay_s:
+            time.sleep(self.load_delay_s)
+        match = _QUANT.search(path.name)
+        n_gpu = FATHOM_LAYERS + 1 if options.n_gpu_layers is None else options.n_gpu_layers
+        self._loaded = LoadReport(
+            model_path=path,
+            n_ctx=options.n_ctx,
+            n_gpu_layers=min(n_gpu, FATHOM_LAYERS + 1),
+            n_layers=FATHOM_LAYERS,
+            flash_attn=bool(options.flash_attn),
+            kv_cache_type=options.kv_cache_type,
+            gpu_offload_supported=True,
+            file_type=match.group(1).upper() if match else "Q4_K_M",
+        )
+        return self._loaded
+
+    def close(self) -> None:
+        self._loaded = None
+        self.closed = True
+
+    @property
+    def loaded(self) -> LoadReport | None:
+        return self._loaded
+
+    def count_tokens(self, text: str) -> int:
+        return len(split_tokens(text))
+
+    def generate(
+        self,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
+        control: GenerationControl | None = None,
+    ) -> Iterator[StreamEvent]:
+        if self._loaded is None:
+            raise ModelNotLoadedError("No model is loaded.")
+        control = control or GenerationControl()
+        with self._lock:
+            self.requests.append(list(messages))
+        return self._stream(messages, sampling, control)
+
+    # -- the stream ----------------------------------------------------------------------------
+
+    def _stream(
+        self, messages: list[ChatMessage], sampling: SamplingParams, control: GenerationControl
+    ) -> Iterator[StreamEvent]:
+        # The template's overhead (role markers, BOS) is about four tokens per message.
+        prompt_tokens = sum(self.count_tokens(m.content) + 4 for m in messages)
+        n_ctx = self._loaded.n_ctx if self._loaded is not None else FATHOM_N_CTX
+        started = time.monotonic()
+        yield PhaseChanged(Phase.PROMPT, prompt_tokens)
+        if self.prompt_delay_s:
+            time.sleep(self.prompt_delay_s)
+        first_token_at: float | None = None
+        pacer = _Pacer(self.tokens_per_s)
+        text = {DeltaKind.REASONING: [], DeltaKind.ANSWER: []}
+        counts = {DeltaKind.REASONING: 0, DeltaKind.ANSWER: 0}
+        finish = FinishReason.STOP
+        closed_early = False
+
+        phases = (
+            (Phase.REASONING, DeltaKind.REASONING, split_tokens(self.script.reasoning)),
+            (Phase.ANSWER, DeltaKind.ANSWER, split_tokens(self.script.answer)),
+        )
+        for phase, kind, tokens in phases:
+            if finish is not FinishReason.STOP:
+                break
+            yield PhaseChanged(phase, prompt_tokens)
+            for token in tokens:
+                if control.cancel.is_set():
+                    finish = FinishReason.CANCELLED
+                    break
+                if kind is DeltaKind.REASONING and self._should_close_thinking(
+                    control, sampling, counts[kind]
+                ):
+                    closed_early = True
+                    break
+                generated = sum(counts.values())
+                if sampling.max_tokens is not None and generated >= sampling.max_tokens:
+                    finish = FinishReason.LENGTH
+                    break
+                if prompt_tokens + generated >= n_ctx:
+                    finish = FinishReason.CONTEXT
+                    break
+                pacer.wait()
+                first_token_at = first_token_at or time.monotonic()
+                text[kind].append(token)
+                counts[kind] += 1
+                yield TextDelta(kind, token)
+
+        elapsed = max(time.monotonic() - (first_token_at or started), 1e-6)
+        generated = sum(counts.values())
+        yield Finished(
+            reasoning="".join(text[DeltaKind.REASONING]),
+            answer="".join(text[DeltaKind.ANSWER]),
+            stats=GenerationStats(
+                prompt_tokens=prompt_tokens,
+                reasoning_tokens=counts[DeltaKind.REASONING],
+                answer_tokens=counts[DeltaKind.ANSWER],
+                time_to_first_token_s=(first_token_at or time.monotonic()) - started,
+                prompt_tokens_per_s=prompt_tokens / max(self.prompt_delay_s, 1e-3),
+                decode_tokens_per_s=generated / elapsed,
+                finish_reason=finish,
+                thinking_closed_early=closed_early,
+            ),
+        )
+
+    @staticmethod
+    def _should_close_thinking(
+        control: GenerationControl, sampling: SamplingParams, reasoning_tokens: int
+    ) -> bool:
+        if control.answer_now.is_set():
+            return True
+        budget = sampling.thinking_budget
+        return budget is not None and reasoning_tokens >= budget
+
+
+class _Pacer:
+    """Spaces tokens at a fixed rate against a deadline, so sleep overshoot does not accumulate."""
+
+    def __init__(self, tokens_per_s: float | None) -> None:
+        self._interval = 1.0 / tokens_per_s if tokens_per_s else 0.0
+        self._next = time.monotonic()
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        self._next += self._interval
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.exists():
+        raise ModelFileError(f"The model file {path} does not exist.")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a GGUF model file.")
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as error:
+        raise ModelFileError(f"The model file {path} cannot be read ({error.strerror}).") from error
+    if magic != GGUF_MAGIC:
+        raise ModelFileError(f"{path.name} is not a GGUF model file.")

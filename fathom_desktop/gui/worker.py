@@ -1,0 +1,366 @@
+"""The model's thread: one long-lived QThread that owns the engine and serves one request at a time.
+
+The GUI never calls the engine. It posts requests to `EngineWorker` through queued signals and
+gets results back through queued signals; Stop and Answer now are `threading.Event`s on the
+request's GenerationControl, which the GUI sets directly and the engine checks between tokens.
+Text is forwarded in batches (every `BATCH_INTERVAL_S`) so the GUI handles ~25 updates a second
+however fast the model runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+
+from fathom_desktop.engine.consensus import ConsensusResult, consensus, normalize_answer
+from fathom_desktop.engine.errors import EngineError
+from fathom_desktop.engine.types import (
+    ChatEngine,
+    ChatMessage,
+    ContextTrimmed,
+    DeltaKind,
+    Finished,
+    GenerationControl,
+    LoadOptions,
+    PhaseChanged,
+    SamplingParams,
+    StreamEvent,
+    TextDelta,
+)
+
+log = logging.getLogger(__name__)
+
+BATCH_INTERVAL_S = 0.04
+# How often the partial reply is handed to GenerationRequest.save_partial: a killed app loses less.
+PARTIAL_SAVE_INTERVAL_S = 0.5
+
+EngineFactory = Callable[[], ChatEngine]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: int
+    messages: list[ChatMessage]
+    sampling: SamplingParams
+    control: GenerationControl
+    # > 1 asks for self-consistency: that many samples and a vote on their boxed answers.
+    samples: int = 1
+    # Called in the model thread with (reasoning, answer) so far, every PARTIAL_SAVE_INTERVAL_S:
+    # the history's fsync then never stalls the GUI.
+    save_partial: Callable[[str, str], None] | None = None
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    """New text since the previous batch, with running token counts for the meters."""
+
+    request_id: int
+    reasoning: str
+    answer: str
+    reasoning_tokens: int
+    answer_tokens: int
+    sample_index: int = 0
+
+
+@dataclass(frozen=True)
+class StreamNotice:
+    """A phase change or a trimmed context, delivered in order with the batches."""
+
+    request_id: int
+    event: PhaseChanged | ContextTrimmed
+    sample_index: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationDone:
+    request_id: int
+    finished: Finished
+    # Set for a consensus request: the vote over the samples.
+    consensus: ConsensusResult | None = None
+
+
+@dataclass(frozen=True)
+class GenerationFailed:
+    request_id: int
+    message: str
+    reasoning: str = ""
+    answer: str = ""
+
+
+@dataclass
+class _Batcher:
+    request_id: int
+    sample_index: int = 0
+    reasoning: list[str] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    last_flush: float = field(default_factory=time.monotonic)
+    last_save: float = field(default_factory=time.monotonic)
+    # Everything so far, so that a failure can still hand back the partial text.
+    all_reasoning: list[str] = field(default_factory=list)
+    all_answer: list[str] = field(default_factory=list)
+
+    def add(self, delta: TextDelta) -> None:
+        if delta.kind is DeltaKind.REASONING:
+            self.reasoning.append(delta.text)
+            self.all_reasoning.append(delta.text)
+            self.reasoning_tokens += 1
+        else:
+            self.answer.append(delta.text)
+            self.all_answer.append(delta.text)
+            self.answer_tokens += 1
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last_flush >= BATCH_INTERVAL_S
+
+    def take(self) -> StreamBatch | None:
+        self.last_flush = time.monotonic()
+        if not self.reasoning and not self.answer:
+            return None
+        batch = StreamBatch(
+            self.request_id,
+            "".join(self.reasoning),
+            "".join(self.answer),
+            self.reasoning_tokens,
+            self.answer_tokens,
+            self.sample_index,
+        )
+        self.reasoning.clear()
+        self.answer.clear()
+        return batch
+
+    def next_sample(self, index: int) -> None:
+        self.sample_index = index
+        self.reasoning_tokens = self.answer_tokens = 0
+        self.all_reasoning.clear()
+        self.all_answer.clear()
+
+
+class EngineWorker(QObject):
+    """Lives in the model thread. Slots run there; signals are delivered to the GUI queued."""
+
+    load_finished = Signal(object)  # LoadReport
+    load_failed = Signal(str)
+    batch = Signal(object)  # StreamBatch
+    notice = Signal(object)  # StreamNotice
+    generation_done = Signal(object)  # GenerationDone
+    generation_failed = Signal(object)  # GenerationFailed
+    shut_down = Signal()
+
+    def __init__(self, engine_factory: EngineFactory) -> None:
+        super().__init__()
+        self._engine_factory = engine_factory
+        self._engine: ChatEngine | None = None
+
+    @Slot(object)
+    def load(self, options: LoadOptions) -> None:
+        try:
+            if self._engine is None:
+                self._engine = self._engine_factory()
+            elif self._engine.loaded is not None:
+                self._engine.close()
+            report = self._engine.load(options)
+        except EngineError as error:
+            self.load_failed.emit(str(error))
+        except Exception as error:  # a crash in the binding must not take the app down
+            log.exception("loading %s failed", options.model_path)
+            self.load_failed.emit(f"Could not load {options.model_path.name}: {error}")
+        else:
+            self.load_finished.emit(report)
+
+    @Slot(object)
+    def generate(self, request: GenerationRequest) -> None:
+        batcher = _Batcher(request.request_id)
+        try:
+            if self._engine is None or self._engine.loaded is None:
+                raise EngineError("No model is loaded yet.")
+            if request.samples > 1:
+                self._consensus(request, batcher)
+                return
+            for event in self._engine.generate(request.messages, request.sampling, request.control):
+                self._forward(request.request_id, event, batcher)
+                self._save_partial(request, batcher)
+        except EngineError as error:
+            self._fail(request.request_id, str(error), batcher)
+        except Exception as error:
+            log.exception("generation failed")
+            self._fail(request.request_id, f"Generation failed: {error}", batcher)
+
+    def _forward(self, request_id: int, event: StreamEvent, batcher: _Batcher) -> None:
+        if isinstance(event, TextDelta):
+            batcher.add(event)
+            if batcher.due():
+                self._flush(batcher)
+            return
+        # Text before a phase change or the end must reach the GUI before it.
+        self._flush(batcher)
+        if isinstance(event, Finished):
+            self.generation_done.emit(GenerationDone(request_id, event))
+        else:
+            self.notice.emit(StreamNotice(request_id, event, batcher.sample_index))
+
+    def _consensus(self, request: GenerationRequest, batcher: _Batcher) -> None:
+        def on_event(index: int, event: StreamEvent) -> None:
+            if index != batcher.sample_index:
+                batcher.next_sample(index)
+            if isinstance(event, Finished):
+                self._flush(batcher)
+                return
+            self._forward(request.request_id, event, batcher)
+            self._save_partial(request, batcher)
+
+        assert self._engine is not None
+        result = consensus(
+            self._engine,
+            request.messages,
+            request.sampling,
+            request.samples,
+            request.control,
+            on_event=on_event,
+        )
+        if not result.samples:
+            raise EngineError("No sample finished, so there is nothing to vote on.")
+        winner = _winning_sample(result)
+        self.generation_done.emit(GenerationDone(request.request_id, winner, result))
+
+    def _flush(self, batcher: _Batcher) -> None:
+        batch = batcher.take()
+        if batch is not None:
+            self.batch.emit(batch)
+
+    def _save_partial(self, request: GenerationRequest, batcher: _Batcher) -> None:
+        if request.save_partial is None:
+            return
+        now = time.monotonic()
+        if now - batcher.last_save < PARTIAL_SAVE_INTERVAL_S:
+            return
+        batcher.last_save = now
+        try:
+            request.save_partial("".join(batcher.all_reasoning), "".join(batcher.all_answer))
+        except Exception as error:  # a full disk must not end the reply; the final save retries
+            log.warning("could not save the partial reply: %s", error)
+
+    def _fail(self, request_id: int, message: str, batcher: _Batcher) -> None:
+        self._flush(batcher)
+        self.generation_failed.emit(
+            GenerationFailed(
+                request_id, message, "".join(batcher.all_reasoning), "".join(batcher.all_answer)
+            )
+        )
+
+    @Slot()
+    def shutdown(self) -> None:
+        if self._engine is not None:
+            try:
+                self._engine.close()
+            except Exception:
+                log.exception("closing the engine failed")
+        self.shut_down.emit()
+        QThread.currentThread().quit()
+
+
+def _winning_sample(result: ConsensusResult) -> Finished:
+    """The first sample whose boxed answer won the vote (or the first sample if none boxed)."""
+    if result.answer is not None:
+        winner = normalize_answer(result.answer)
+        for sample, value in zip(result.samples, result.boxed, strict=True):
+            if value is not None and normalize_answer(value) == winner:
+                return sample
+    return result.samples[0]
+
+
+class WorkerState(StrEnum):
+    IDLE = "idle"
+    LOADING = "loading"
+    GENERATING = "generating"
+    CLOSED = "closed"
+
+
+class EngineClient(QObject):
+    """The GUI's handle on the model thread: starts it, posts requests, and shuts it down."""
+
+    # Requests to the worker. Queued: the slot must run in the model thread, not the caller's.
+    _request_load = Signal(object)
+    _request_generation = Signal(object)
+    _request_shutdown = Signal()
+
+    def __init__(self, engine_factory: EngineFactory, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._ids = itertools.count(1)
+        self.state = WorkerState.IDLE
+        self.current: GenerationRequest | None = None
+        self.thread = QThread()
+        self.thread.setObjectName("fathom-model")
+        self.worker = EngineWorker(engine_factory)
+        self.worker.moveToThread(self.thread)
+        queued = Qt.ConnectionType.QueuedConnection
+        self._request_load.connect(self.worker.load, queued)
+        self._request_generation.connect(self.worker.generate, queued)
+        self._request_shutdown.connect(self.worker.shutdown, queued)
+        # Back to the GUI thread (queued) so that handlers may touch widgets.
+        self.worker.load_finished.connect(self._on_load_done, queued)
+        self.worker.load_failed.connect(self._on_load_done, queued)
+        self.worker.generation_done.connect(self._on_generation_done, queued)
+        self.worker.generation_failed.connect(self._on_generation_done, queued)
+        self.thread.start()
+
+    def load(self, options: LoadOptions) -> None:
+        if self.state is WorkerState.CLOSED:
+            return
+        self.cancel()
+        self.state = WorkerState.LOADING
+        self._request_load.emit(options)
+
+    def generate(
+        self,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
+        samples: int = 1,
+        save_partial: Callable[[str, str], None] | None = None,
+    ) -> GenerationRequest:
+        if self.state is not WorkerState.IDLE:
+            raise RuntimeError(f"cannot start a generation while {self.state.value}")
+        request = GenerationRequest(
+            next(self._ids), messages, sampling, GenerationControl(), samples, save_partial
+        )
+        self.current = request
+        self.state = WorkerState.GENERATING
+        self._request_generation.emit(request)
+        return request
+
+    def cancel(self) -> None:
+        if self.current is not None:
+            self.current.control.cancel.set()
+
+    def answer_now(self) -> None:
+        if self.current is not None:
+            self.current.control.answer_now.set()
+
+    def _on_load_done(self, _result: object) -> None:
+        if self.state is WorkerState.LOADING:
+            self.state = WorkerState.IDLE
+
+    def _on_generation_done(self, result: GenerationDone | GenerationFailed) -> None:
+        if self.current is not None and result.request_id == self.current.request_id:
+            self.current = None
+            if self.state is WorkerState.GENERATING:
+                self.state = WorkerState.IDLE
+
+    def close(self, timeout_ms: int = 30_000) -> bool:
+        """Stop any generation, close the engine in its thread and join the thread."""
+        if self.state is WorkerState.CLOSED:
+            return True
+        self.cancel()
+        self.state = WorkerState.CLOSED
+        self._request_shutdown.emit()
+        finished = self.thread.wait(timeout_ms)
+        if not finished:
+            log.warning("the model thread did not stop within %d ms", timeout_ms)
+        return finished

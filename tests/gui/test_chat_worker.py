@@ -1,0 +1,132 @@
+"""The model thread: batched deltas in order, failures reported as one line, a clean shutdown."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fathom_desktop.engine.types import (
+    DeltaKind,
+    LoadOptions,
+    Phase,
+    PhaseChanged,
+    SamplingParams,
+    TextDelta,
+)
+from fathom_desktop.gui.fake_engine import DEMO_MODEL_PATH, FakeEngine, FakeScript
+from fathom_desktop.gui.worker import EngineClient, WorkerState
+from tests.gui.conftest import WAIT_MS
+
+REASONING = "".join(f"line {i} of the reasoning\n" for i in range(400))
+
+
+@pytest.fixture
+def client(qtbot):
+    made: list[EngineClient] = []
+
+    def make(engine) -> EngineClient:
+        made.append(EngineClient(lambda: engine))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def _record(client: EngineClient) -> list[object]:
+    events: list[object] = []
+    for signal in (
+        client.worker.batch,
+        client.worker.notice,
+        client.worker.generation_done,
+        client.worker.generation_failed,
+        client.worker.load_finished,
+        client.worker.load_failed,
+    ):
+        signal.connect(events.append)
+    return events
+
+
+def _load(qtbot, client: EngineClient, path=DEMO_MODEL_PATH) -> None:
+    client.load(LoadOptions(model_path=path))
+    qtbot.waitUntil(lambda: client.state is WorkerState.IDLE, timeout=WAIT_MS)
+
+
+def test_deltas_arrive_batched_complete_and_in_order(qtbot, client):
+    engine = FakeEngine(FakeScript(reasoning=REASONING, answer="done"), tokens_per_s=4000)
+    worker_client = client(engine)
+    events = _record(worker_client)
+    _load(qtbot, worker_client)
+    worker_client.generate([], SamplingParams())
+    qtbot.waitUntil(lambda: worker_client.state is WorkerState.IDLE, timeout=WAIT_MS)
+
+    batches = [e for e in events if type(e).__name__ == "StreamBatch"]
+    tokens = engine.count_tokens(REASONING)
+    assert "".join(b.reasoning for b in batches) == REASONING
+    assert "".join(b.answer for b in batches) == "done"
+    assert batches[-1].reasoning_tokens == tokens
+    # ~0.5 s of tokens at 4,000/s in 40 ms batches: far fewer GUI updates than tokens.
+    assert len(batches) < tokens / 10
+    first_answer = next(i for i, e in enumerate(events) if getattr(e, "answer", ""))
+    answer_notice = next(
+        i
+        for i, e in enumerate(events)
+        if getattr(getattr(e, "event", None), "phase", None) == "answer"
+    )
+    assert answer_notice < first_answer  # the phase change comes before the answer's text
+    assert type(events[-1]).__name__ == "GenerationDone"
+
+
+def test_a_load_failure_is_one_line_and_the_thread_lives_on(qtbot, client, tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf")
+    engine = FakeEngine(tokens_per_s=None)
+    worker_client = client(engine)
+    events = _record(worker_client)
+    _load(qtbot, worker_client, bad)
+    assert events == ["bad.gguf is not a GGUF model file."]
+    _load(qtbot, worker_client)
+    assert type(events[-1]).__name__ == "LoadReport"
+
+
+class _Exploding(FakeEngine):
+    """Raises an unexpected error (not an EngineError) after a few tokens."""
+
+    def _stream(self, messages, sampling, control):
+        yield PhaseChanged(Phase.REASONING)
+        yield TextDelta(DeltaKind.REASONING, "so far ")
+        raise RuntimeError("the binding fell over")
+
+
+def test_an_unexpected_error_mid_stream_fails_the_reply_not_the_app(qtbot, client):
+    worker_client = client(_Exploding(tokens_per_s=None))
+    events = _record(worker_client)
+    _load(qtbot, worker_client)
+    worker_client.generate([], SamplingParams())
+    qtbot.waitUntil(lambda: worker_client.state is WorkerState.IDLE, timeout=WAIT_MS)
+    failed = events[-1]
+    assert failed.message == "Generation failed: the binding fell over"
+    assert failed.reasoning == "so far "
+    # The thread still serves requests.
+    worker_client.generate([], SamplingParams())
+    qtbot.waitUntil(lambda: worker_client.state is WorkerState.IDLE, timeout=WAIT_MS)
+
+
+def test_close_stops_a_running_reply_and_closes_the_engine_in_its_thread(qtbot):
+    closed_in: list[threading.Thread] = []
+
+    class Recording(FakeEngine):
+        def close(self) -> None:
+            closed_in.append(threading.current_thread())
+            super().close()
+
+    engine = Recording(FakeScript(reasoning=REASONING * 20), tokens_per_s=200)
+    worker_client = EngineClient(lambda: engine)
+    _load(qtbot, worker_client)
+    worker_client.generate([], SamplingParams())
+    qtbot.wait(100)
+    assert worker_client.close(timeout_ms=WAIT_MS)
+    assert worker_client.thread.isFinished()
+    assert engine.closed
+    assert closed_in and closed_in[0] is not threading.main_thread()
