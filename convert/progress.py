@@ -1,4 +1,4 @@
-"""Progress reporting shared by the pipeline steps: a tqdm bar on a terminal, a callback in the GUI."""
+"""Progress reporting for the pipeline steps: a tqdm bar on a terminal, a callback in the GUI."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class TqdmProgress:
 
 
 class CallbackProgress:
-    """Adapts the protocol to one callback `(step, done_bytes, total_bytes, message)` for the GUI."""
+    """Adapts the protocol to one GUI callback `(step, done_bytes, total_bytes, message)`."""
 
     def __init__(self, callback: Callable[[str, int, int, str], None]) -> None:
         self._callback = callback

@@ -1,4 +1,4 @@
-"""Suite-wide set-up: headless Qt, the shared read-only fixtures, and the tiny models every part uses."""
+"""Suite-wide set-up: headless Qt, the shared read-only fixtures, the tiny models."""
 
 from __future__ import annotations
 
@@ -20,5 +20,60 @@ SHARED_FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
 @pytest.fixture(scope="session")
 def shared_fixtures() -> Path:
     if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures missing at {SHARED_FIXTURES}; the suite needs ../shared beside the checkout")
+        pytest.fail(
+            f"shared fixtures missing at {SHARED_FIXTURES}; the suite needs ../shared"
+        )
     return SHARED_FIXTURES
+
+
+# --- Tiny models (owned by the converter; every part's tests may use them) -------------------
+# A 2-layer, 64-wide Qwen2 with the real R1 tokenizer and Fathom's padded vocabulary (152,064),
+# random weights, converted by the real converter. Building all of them takes a few seconds.
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory, shared_fixtures: Path):
+    """The untied BF16 checkpoint (current template), with its weights for reference checks."""
+    from tests.synthetic import ChatTemplate, build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", template=ChatTemplate.CURRENT)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_synthetic) -> Path:
+    """Folder of an untied BF16 Qwen2ForCausalLM checkpoint whose prompt ends `<think>\\n`."""
+    return tiny_synthetic.path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_legacy(tmp_path_factory: pytest.TempPathFactory, shared_fixtures: Path) -> Path:
+    """The same model with the legacy template (the model writes `<think>` itself)."""
+    from tests.synthetic import ChatTemplate, build_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny-legacy") / "ckpt"
+    return build_checkpoint(folder, template=ChatTemplate.LEGACY).path
+
+
+def _converted(checkpoint: Path, out_dir: Path, outtype: str) -> Path:
+    from convert.gguf_convert import convert_checkpoint
+
+    out = out_dir / f"tiny-{outtype.upper()}.gguf"
+    return convert_checkpoint(checkpoint, out, outtype, source_repo="fathom-tests/Tiny-Qwen2").path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_f32(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _converted(tiny_checkpoint, tmp_path_factory.mktemp("gguf-f32"), "f32")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_bf16(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _converted(tiny_checkpoint, tmp_path_factory.mktemp("gguf-bf16"), "bf16")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_legacy(
+    tiny_checkpoint_legacy: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """BF16 GGUF of the legacy-template checkpoint."""
+    return _converted(tiny_checkpoint_legacy, tmp_path_factory.mktemp("gguf-legacy"), "bf16")
