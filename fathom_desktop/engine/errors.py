@@ -28,4 +28,4 @@ class DecodeError(EngineError):
 
 
 class SettingsError(EngineError):
-    """An option combination llama.cpp cannot honour (e.g. a quantized KV cache without flash attention)."""
+    """Options llama.cpp cannot honour together (a quantized KV cache without flash attention)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -59,18 +59,18 @@ class SamplingParams:
     thinking_budget: int | None = None
 
 
-class DeltaKind(str, Enum):
+class DeltaKind(StrEnum):
     REASONING = "reasoning"
     ANSWER = "answer"
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PROMPT = "prompt"  # llama.cpp is evaluating the prompt; this cannot be interrupted
     REASONING = "reasoning"
     ANSWER = "answer"
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     STOP = "stop"  # the model ended its turn
     LENGTH = "length"  # max_tokens reached
     CONTEXT = "context"  # the context window is full

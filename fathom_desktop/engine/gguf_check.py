@@ -1,0 +1,203 @@
+"""Check a model file before llama.cpp sees it: one readable reason instead of a crash.
+
+llama.cpp aborts or prints pages of logs on a truncated or foreign file; here every problem
+becomes a ModelFileError whose message names the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from fathom_desktop.engine.errors import ModelFileError
+from fathom_desktop.engine.gguf_header import (
+    ArraySummary,
+    GgufFormatError,
+    GgufHeader,
+    GgufTensor,
+    NotGgufError,
+    read_gguf_header,
+)
+
+SUPPORTED_ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN2]
+
+
+@dataclass(frozen=True)
+class ModelFileInfo:
+    path: Path
+    arch: str
+    name: str
+    file_type: str  # e.g. "Q4_K_M", "F16"
+    n_layers: int  # transformer blocks (48 for Fathom-R1-14B)
+    n_ctx_train: int
+    size_bytes: int
+    chat_template: str
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_vocab: int
+    tensors: tuple[GgufTensor, ...]
+
+
+def _tensor_name(kind: gguf.MODEL_TENSOR, suffix: str, layer: int | None = None) -> str:
+    base = gguf.TENSOR_NAMES[kind]
+    return (base.format(bid=layer) if layer is not None else base) + suffix
+
+
+def expected_tensor_shapes(info_shape: dict[str, int], n_layers: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Qwen2 GGUF must hold, with its ggml shape (row length first)."""
+    n_embd, n_ff, n_vocab = info_shape["n_embd"], info_shape["n_ff"], info_shape["n_vocab"]
+    q_width = info_shape["n_head"] * info_shape["head_dim"]
+    kv_width = info_shape["n_head_kv"] * info_shape["head_dim"]
+    t = gguf.MODEL_TENSOR
+    shapes: dict[str, tuple[int, ...]] = {
+        _tensor_name(t.TOKEN_EMBD, ".weight"): (n_embd, n_vocab),
+        _tensor_name(t.OUTPUT_NORM, ".weight"): (n_embd,),
+    }
+    for layer in range(n_layers):
+        shapes.update(
+            {
+                _tensor_name(t.ATTN_NORM, ".weight", layer): (n_embd,),
+                _tensor_name(t.ATTN_Q, ".weight", layer): (n_embd, q_width),
+                _tensor_name(t.ATTN_Q, ".bias", layer): (q_width,),
+                _tensor_name(t.ATTN_K, ".weight", layer): (n_embd, kv_width),
+                _tensor_name(t.ATTN_K, ".bias", layer): (kv_width,),
+                _tensor_name(t.ATTN_V, ".weight", layer): (n_embd, kv_width),
+                _tensor_name(t.ATTN_V, ".bias", layer): (kv_width,),
+                _tensor_name(t.ATTN_OUT, ".weight", layer): (q_width, n_embd),
+                _tensor_name(t.FFN_NORM, ".weight", layer): (n_embd,),
+                _tensor_name(t.FFN_GATE, ".weight", layer): (n_embd, n_ff),
+                _tensor_name(t.FFN_UP, ".weight", layer): (n_embd, n_ff),
+                _tensor_name(t.FFN_DOWN, ".weight", layer): (n_ff, n_embd),
+            }
+        )
+    return shapes
+
+
+# The output projection may be left out when it is tied to the token embedding.
+OPTIONAL_OUTPUT = _tensor_name(gguf.MODEL_TENSOR.OUTPUT, ".weight")
+
+
+def file_type_name(raw: object) -> str:
+    try:
+        name = gguf.LlamaFileType(int(raw)).name  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return "unknown"
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def check_model_file(path: Path | str) -> ModelFileInfo:
+    """Validate a Fathom/Qwen2 GGUF; raises ModelFileError with a one-line reason."""
+    path = Path(path)
+    label = path.name or str(path)
+    if not path.is_file():
+        raise ModelFileError(f"{label}: no such model file.")
+    try:
+        header = read_gguf_header(path)
+    except NotGgufError as error:
+        raise ModelFileError(f"{label} is not a GGUF model file ({error}).") from None
+    except GgufFormatError as error:
+        raise ModelFileError(f"{label} is damaged or incomplete: {error}.") from None
+    except OSError as error:
+        raise ModelFileError(f"{label} cannot be read: {error.strerror or error}.") from None
+    return _check_header(path, label, header)
+
+
+def _check_header(path: Path, label: str, header: GgufHeader) -> ModelFileInfo:
+    arch = header.get(gguf.Keys.General.ARCHITECTURE)
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{label} does not say which model architecture it holds.")
+    if arch != SUPPORTED_ARCH:
+        raise ModelFileError(
+            f"{label} holds a '{arch}' model; Fathom Desktop runs '{SUPPORTED_ARCH}' models "
+            "(Fathom-R1-14B) only."
+        )
+
+    def hparam(key: str, default: int | None = None) -> int:
+        value = header.get(key.format(arch=arch), default)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ModelFileError(f"{label} lacks a valid '{key.format(arch=arch)}' setting.")
+        return value
+
+    n_layers = hparam(gguf.Keys.LLM.BLOCK_COUNT)
+    n_embd = hparam(gguf.Keys.LLM.EMBEDDING_LENGTH)
+    n_head = hparam(gguf.Keys.Attention.HEAD_COUNT)
+    n_head_kv = hparam(gguf.Keys.Attention.HEAD_COUNT_KV, n_head)
+    head_dim = hparam(gguf.Keys.Attention.KEY_LENGTH, n_embd // n_head or None)
+    shape_info = {
+        "n_embd": n_embd,
+        "n_ff": hparam(gguf.Keys.LLM.FEED_FORWARD_LENGTH),
+        "n_head": n_head,
+        "n_head_kv": n_head_kv,
+        "head_dim": head_dim,
+        "n_vocab": _vocab_size(header, label),
+    }
+    n_ctx_train = hparam(gguf.Keys.LLM.CONTEXT_LENGTH)
+
+    chat_template = header.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE)
+    if not isinstance(chat_template, str) or not chat_template.strip():
+        raise ModelFileError(
+            f"{label} has no chat template, so a conversation cannot be formatted."
+        )
+    if not isinstance(header.get(gguf.Keys.Tokenizer.EOS_ID), int):
+        raise ModelFileError(f"{label} does not name an end-of-sequence token.")
+
+    _check_tensors(label, header, expected_tensor_shapes(shape_info, n_layers))
+
+    return ModelFileInfo(
+        path=path,
+        arch=arch,
+        name=str(header.get(gguf.Keys.General.NAME, path.stem)),
+        file_type=file_type_name(header.get(gguf.Keys.General.FILE_TYPE)),
+        n_layers=n_layers,
+        n_ctx_train=n_ctx_train,
+        size_bytes=header.file_size,
+        chat_template=chat_template,
+        n_embd=n_embd,
+        n_ff=shape_info["n_ff"],
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        n_vocab=shape_info["n_vocab"],
+        tensors=header.tensors,
+    )
+
+
+def _vocab_size(header: GgufHeader, label: str) -> int:
+    if not isinstance(header.get(gguf.Keys.Tokenizer.MODEL), str):
+        raise ModelFileError(f"{label} has no tokenizer.")
+    tokens = header.get(gguf.Keys.Tokenizer.LIST)
+    if isinstance(tokens, ArraySummary):
+        return tokens.length
+    if isinstance(tokens, list) and tokens:
+        return len(tokens)
+    raise ModelFileError(f"{label} has no tokenizer vocabulary.")
+
+
+def _check_tensors(label: str, header: GgufHeader, expected: dict[str, tuple[int, ...]]) -> None:
+    present = {tensor.name: tensor for tensor in header.tensors}
+    for name, shape in expected.items():
+        tensor = present.get(name)
+        if tensor is None:
+            raise ModelFileError(f"{label} is missing the tensor {name}.")
+        if tensor.shape != shape:
+            raise ModelFileError(
+                f"{label}: tensor {name} has shape {list(tensor.shape)}, expected {list(shape)}."
+            )
+    output = present.get(OPTIONAL_OUTPUT)
+    embedding = expected[_tensor_name(gguf.MODEL_TENSOR.TOKEN_EMBD, ".weight")]
+    if output is not None and output.shape != embedding:
+        raise ModelFileError(
+            f"{label}: tensor {OPTIONAL_OUTPUT} has shape {list(output.shape)}, "
+            f"expected {list(embedding)}."
+        )
+    needed = max((t.offset + t.n_bytes for t in header.tensors), default=header.data_offset)
+    if needed > header.file_size:
+        raise ModelFileError(
+            f"{label} is incomplete: it holds {header.file_size:,} bytes but its tensors need "
+            f"{needed:,} (was a download or conversion interrupted?)."
+        )

@@ -1,0 +1,307 @@
+"""The VRAM planner: how many layers fit on the GPU, predicted from the GGUF (or a config.json).
+
+How llama.cpp places a model (src/llama-model.cpp): the token embedding always stays in host
+memory; `n_gpu_layers = k` offloads the output layer first, then the last k-1 transformer blocks,
+so a Qwen2 model with 48 blocks has 49 offloadable layers. Each block's KV cache lives beside it.
+
+Predicted GPU memory for k offloaded layers (k >= 1; nothing at k = 0):
+
+    weights(output + output_norm) + weights(last k-1 blocks)
+    + (k-1) * kv_per_block,   kv_per_block = 2 * n_ctx * n_head_kv * head_dim * bytes(kv type)
+    + compute buffer,         n_ubatch * 4 * (n_vocab + 3 * n_embd + 2 * n_ff)
+                              + n_ubatch * n_ctx * 2              with flash attention (f16 mask)
+                              + n_ubatch * n_ctx * n_head * 4     without it (f32 KQ scores)
+    + RUNTIME_RESERVE         the CUDA context and cuBLAS workspace, which llama.cpp does not count
+
+The compute-buffer term is the logits of one micro-batch plus one layer's live activations and the
+attention scratch; it is an estimate (llama.cpp sizes its graph allocator at run time). A plan
+uses at most SAFE_FRACTION of the free memory, leaving room for the estimate to be short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import gguf
+
+from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
+from fathom_desktop.engine.quant_mix import TensorRole, tensor_bytes, tensor_type
+from fathom_desktop.engine.types import FATHOM_N_CTX, KvCacheType
+
+N_UBATCH = 512  # llama-cpp-python's default physical batch
+RUNTIME_RESERVE = 512 * 1024**2
+SAFE_FRACTION = 0.95
+
+KV_CACHE_GGML_TYPE: dict[str, gguf.GGMLQuantizationType] = {
+    "f16": gguf.GGMLQuantizationType.F16,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+}
+assert set(KV_CACHE_GGML_TYPE) == set(get_args(KvCacheType))
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+def detect_gpu() -> GpuInfo | None:
+    """The first NVIDIA GPU as NVML sees it, or None (no driver, no GPU, no nvidia-ml-py)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        if pynvml.nvmlDeviceGetCount() < 1:
+            return None
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        name = pynvml.nvmlDeviceGetName(handle)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return GpuInfo(name=str(name), total_bytes=int(memory.total), free_bytes=int(memory.free))
+    except pynvml.NVMLError:
+        return None
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    n_gpu_layers: int
+    n_layers: int  # offloadable layers: the transformer blocks plus the output layer
+    vram_bytes: int  # predicted GPU memory for n_gpu_layers
+    fits_fully: bool
+    label: str  # "fits on GPU" | "partial: 31/49 layers" | "CPU only"
+    full_vram_bytes: int  # predicted GPU memory with every layer offloaded
+    free_vram_bytes: int | None  # what the plan was made for; None when no GPU was found
+
+
+def offload_label(n_gpu_layers: int, n_layers: int) -> str:
+    if n_gpu_layers >= n_layers:
+        return "fits on GPU"
+    if n_gpu_layers <= 0:
+        return "CPU only"
+    return f"partial: {n_gpu_layers}/{n_layers} layers"
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """Everything the placement depends on, in bytes."""
+
+    block_bytes: tuple[int, ...]  # weights of each transformer block, in order
+    output_bytes: int  # output projection + final norm (the first layer to be offloaded)
+    embedding_bytes: int  # token embedding: always in host memory
+    kv_bytes_per_block: int
+    compute_bytes: int
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.block_bytes) + 1
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(self.block_bytes) + self.output_bytes + self.embedding_bytes
+
+    def gpu_bytes(self, n_gpu_layers: int) -> int:
+        """Predicted GPU memory with `n_gpu_layers` offloaded (clamped to what exists)."""
+        k = max(0, min(n_gpu_layers, self.n_layers))
+        if k == 0:
+            return 0
+        blocks = k - 1
+        offloaded = sum(self.block_bytes[len(self.block_bytes) - blocks :]) if blocks else 0
+        return (
+            self.output_bytes
+            + offloaded
+            + blocks * self.kv_bytes_per_block
+            + self.compute_bytes
+            + RUNTIME_RESERVE
+        )
+
+    def host_bytes(self, n_gpu_layers: int) -> int:
+        """Predicted host memory for weights and KV cache left on the CPU."""
+        k = max(0, min(n_gpu_layers, self.n_layers))
+        cpu_blocks = len(self.block_bytes) - max(0, k - 1)
+        return (
+            self.embedding_bytes
+            + sum(self.block_bytes[:cpu_blocks])
+            + (self.output_bytes if k == 0 else 0)
+            + cpu_blocks * self.kv_bytes_per_block
+            + (self.compute_bytes if k == 0 else 0)
+        )
+
+    def plan(self, free_vram_bytes: int | None) -> OffloadPlan:
+        """The most layers whose predicted memory fits SAFE_FRACTION of the free VRAM."""
+        budget = int((free_vram_bytes or 0) * SAFE_FRACTION)
+        chosen = 0
+        for k in range(self.n_layers, 0, -1):
+            if self.gpu_bytes(k) <= budget:
+                chosen = k
+                break
+        return OffloadPlan(
+            n_gpu_layers=chosen,
+            n_layers=self.n_layers,
+            vram_bytes=self.gpu_bytes(chosen),
+            fits_fully=chosen == self.n_layers,
+            label=offload_label(chosen, self.n_layers),
+            full_vram_bytes=self.gpu_bytes(self.n_layers),
+            free_vram_bytes=free_vram_bytes,
+        )
+
+
+def kv_bytes_per_block(n_ctx: int, n_head_kv: int, head_dim: int, kv_cache_type: str) -> int:
+    """K and V for one block: 2 * n_ctx * n_head_kv * head_dim elements of the cache type."""
+    ggml_type = KV_CACHE_GGML_TYPE[kv_cache_type]
+    return 2 * tensor_bytes(n_ctx * n_head_kv * head_dim, ggml_type)
+
+
+def compute_buffer_bytes(
+    *, n_ctx: int, n_vocab: int, n_embd: int, n_ff: int, n_head: int, flash_attn: bool
+) -> int:
+    activations = N_UBATCH * 4 * (n_vocab + 3 * n_embd + 2 * n_ff)
+    attention = N_UBATCH * n_ctx * 2 if flash_attn else N_UBATCH * n_ctx * n_head * 4
+    return activations + attention
+
+
+def profile_from_model_file(
+    info: ModelFileInfo,
+    *,
+    n_ctx: int = FATHOM_N_CTX,
+    kv_cache_type: KvCacheType = "f16",
+    flash_attn: bool = True,
+) -> MemoryProfile:
+    blocks = [0] * info.n_layers
+    output = embedding = 0
+    for tensor in info.tensors:
+        if tensor.name.startswith("blk."):
+            blocks[int(tensor.name.split(".")[1])] += tensor.n_bytes
+        elif tensor.name.startswith(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.TOKEN_EMBD] + "."):
+            embedding += tensor.n_bytes
+        else:  # output, output_norm
+            output += tensor.n_bytes
+    output_weight = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
+    if not any(t.name == output_weight for t in info.tensors):
+        output += embedding  # tied embeddings: llama.cpp puts a copy on the output device
+    return MemoryProfile(
+        block_bytes=tuple(blocks),
+        output_bytes=output,
+        embedding_bytes=embedding,
+        kv_bytes_per_block=kv_bytes_per_block(n_ctx, info.n_head_kv, info.head_dim, kv_cache_type),
+        compute_bytes=compute_buffer_bytes(
+            n_ctx=n_ctx,
+            n_vocab=info.n_vocab,
+            n_embd=info.n_embd,
+            n_ff=info.n_ff,
+            n_head=info.n_head,
+            flash_attn=flash_attn,
+        ),
+    )
+
+
+def plan_offload(
+    gguf_path: Path | str,
+    n_ctx: int = FATHOM_N_CTX,
+    kv_cache_type: KvCacheType = "f16",
+    free_vram_bytes: int | None = None,
+    *,
+    flash_attn: bool = True,
+) -> OffloadPlan:
+    """Recommend n_gpu_layers for a model file; free VRAM from NVML when not given (none → CPU)."""
+    profile = profile_from_model_file(
+        check_model_file(gguf_path), n_ctx=n_ctx, kv_cache_type=kv_cache_type, flash_attn=flash_attn
+    )
+    if free_vram_bytes is None:
+        gpu = detect_gpu()
+        free_vram_bytes = gpu.free_bytes if gpu is not None else None
+    return profile.plan(free_vram_bytes)
+
+
+def _file_type(name: str) -> gguf.LlamaFileType:
+    for prefix in ("MOSTLY_", "ALL_"):
+        try:
+            return gguf.LlamaFileType[prefix + name.upper()]
+        except KeyError:
+            continue
+    raise ValueError(f"unknown llama.cpp file type '{name}'")
+
+
+def model_memory_profile(
+    config: Path | str | dict[str, Any],
+    quant: str | float,
+    *,
+    n_ctx: int = FATHOM_N_CTX,
+    kv_cache_type: KvCacheType = "f16",
+    flash_attn: bool = True,
+) -> MemoryProfile:
+    """Predict a model's memory from its Hugging Face config.json, before any GGUF exists.
+
+    `quant` is a llama.cpp file type name ("Q4_K_M": llama.cpp's per-tensor mix, see quant_mix)
+    or a flat number of bits per weight applied to every matrix. Norms and biases stay F32.
+    """
+    if not isinstance(config, dict):
+        config = json.loads(Path(config).read_text(encoding="utf-8"))
+    n_embd = int(config["hidden_size"])
+    n_ff = int(config["intermediate_size"])
+    n_layers = int(config["num_hidden_layers"])
+    n_head = int(config["num_attention_heads"])
+    n_head_kv = int(config.get("num_key_value_heads", n_head))
+    n_vocab = int(config["vocab_size"])
+    head_dim = int(config.get("head_dim") or n_embd // n_head)
+    q_width, kv_width = n_head * head_dim, n_head_kv * head_dim
+    sizes = {
+        TensorRole.ATTN_Q: n_embd * q_width,
+        TensorRole.ATTN_K: n_embd * kv_width,
+        TensorRole.ATTN_V: n_embd * kv_width,
+        TensorRole.ATTN_OUT: q_width * n_embd,
+        TensorRole.FFN_GATE: n_embd * n_ff,
+        TensorRole.FFN_UP: n_embd * n_ff,
+        TensorRole.FFN_DOWN: n_ff * n_embd,
+    }
+
+    if isinstance(quant, str):
+        ftype = _file_type(quant)
+
+        def matrix_bytes(role: TensorRole, n_elements: int, layer: int = 0) -> int:
+            ggml_type = tensor_type(ftype, role, layer, n_layers, n_head // n_head_kv)
+            return tensor_bytes(n_elements, ggml_type)
+    else:
+        bits = float(quant)
+
+        def matrix_bytes(role: TensorRole, n_elements: int, layer: int = 0) -> int:
+            return int(n_elements * bits / 8)
+
+    f32_per_block = 4 * (2 * n_embd + q_width + 2 * kv_width)  # two norms, q/k/v biases
+    blocks = tuple(
+        f32_per_block + sum(matrix_bytes(role, n, layer) for role, n in sizes.items())
+        for layer in range(n_layers)
+    )
+    output_matrix = TensorRole.OUTPUT if not config.get("tie_word_embeddings") else None
+    embedding = matrix_bytes(TensorRole.TOKEN_EMBD, n_vocab * n_embd)
+    output = 4 * n_embd + (
+        matrix_bytes(output_matrix, n_vocab * n_embd) if output_matrix else embedding
+    )
+    return MemoryProfile(
+        block_bytes=blocks,
+        output_bytes=output,
+        embedding_bytes=embedding,
+        kv_bytes_per_block=kv_bytes_per_block(n_ctx, n_head_kv, head_dim, kv_cache_type),
+        compute_bytes=compute_buffer_bytes(
+            n_ctx=n_ctx,
+            n_vocab=n_vocab,
+            n_embd=n_embd,
+            n_ff=n_ff,
+            n_head=n_head,
+            flash_attn=flash_attn,
+        ),
+    )
