@@ -14,8 +14,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fathom_desktop import __version__
-
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
@@ -35,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check this copy without a display (the demo model, or --model) and exit",
     )
-    parser.add_argument("--version", action="version", version=f"fathom-desktop {__version__}")
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="show the versions of the app, its llama.cpp backend and Qt, then exit",
+    )
     return parser
 
 
@@ -50,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model is not None and not args.model.is_file():
         print(f"fathom-desktop: {args.model} is not a file.", file=sys.stderr)
         return EXIT_USAGE
+    if args.version:
+        from fathom_desktop.versions import collect
+
+        print(collect().one_line())
+        return 0
     if args.self_test:
         from fathom_desktop.selftest import run_self_test
 

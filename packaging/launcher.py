@@ -1,0 +1,35 @@
+"""Entry point of the packaged app: the same `main` as the `fathom-desktop` console script.
+
+Frozen, `sys.executable` is this launcher, not a Python interpreter. Code that starts a helper
+process with `sys.executable` must still work, so the launcher understands the two forms the app
+uses: multiprocessing's spawn children (handled by `freeze_support`) and the quantizer's
+`python -c <code> <request>` child (handled here, for that exact code only: the package is not a
+general-purpose interpreter).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+
+
+def _run_helper_child(argv: list[str]) -> bool:
+    """Run a `-c` helper child in this process if argv asks for one we know; False otherwise."""
+    if len(argv) < 3 or argv[1] != "-c":
+        return False
+    from convert.quantize import _CHILD_CODE
+
+    if argv[2] != _CHILD_CODE:
+        return False
+    # As `python -c`: sys.argv[0] is "-c" and the arguments follow.
+    sys.argv = ["-c", *argv[3:]]
+    exec(compile(_CHILD_CODE, "<fathom-desktop -c>", "exec"), {"__name__": "__main__"})
+    return True
+
+
+if __name__ == "__main__":
+    multiprocessing.freeze_support()
+    if not _run_helper_child(sys.argv):
+        from fathom_desktop.app import main
+
+        sys.exit(main())
