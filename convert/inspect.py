@@ -1,7 +1,7 @@
 """What a GGUF holds, checked against what Fathom Desktop needs from it.
 
-Read with a small GGUF header reader of our own (gguf-py's constants, no llama.cpp): a 30 GB
-file is mapped, not loaded, and the 152k-entry vocabulary takes well under a second.
+Read with convert.gguf_header (gguf-py's constants, no llama.cpp): a 30 GB file is mapped, not
+loaded, and the 152k-entry vocabulary takes well under a second.
 The checks that matter to the app: `<think>`/`</think>` must be USER_DEFINED tokens or llama.cpp
 drops them from detokenized text, and the chat template decides whether the prompt already opens
 the reasoning (the current R1 template) or the model writes `<think>` itself (the legacy one).
@@ -9,9 +9,6 @@ the reasoning (the current R1 template) or the model writes `<think>` itself (th
 
 from __future__ import annotations
 
-import mmap
-import os
-import struct
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -22,6 +19,7 @@ import gguf
 import numpy as np
 
 from convert.errors import ConversionError
+from convert.gguf_header import GgufFormatError, GgufHeader, read_gguf_header
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -92,199 +90,13 @@ class GgufInfo:
         return data
 
 
-class GgufFormatError(ValueError):
-    """The bytes are not a well-formed GGUF; str() says what is wrong."""
-
-
-@dataclass(frozen=True)
-class SkippedArray:
-    """A metadata array of strings that was measured but not kept (e.g. the 151k merges)."""
-
-    length: int
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]  # ggml order: the row length first
-    ggml_type: gguf.GGMLQuantizationType
-    offset: int  # absolute, in the file
-    n_bytes: int
-
-    @property
-    def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-
-@dataclass(frozen=True)
-class GgufFile:
-    path: Path
-    size: int
-    metadata: dict[str, Any]
-    tensors: tuple[TensorInfo, ...]
-    data_offset: int
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.metadata.get(key, default)
-
-    def integer(self, key: str) -> int | None:
-        value = self.metadata.get(key)
-        return (
-            int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-        )
-
-    def string(self, key: str) -> str | None:
-        value = self.metadata.get(key)
-        return value if isinstance(value, str) else None
-
-
-_V = gguf.GGUFValueType
-_NUMPY_TYPES = {
-    _V.UINT8: "<u1", _V.INT8: "<i1", _V.UINT16: "<u2", _V.INT16: "<i2", _V.UINT32: "<u4",
-    _V.INT32: "<i4", _V.FLOAT32: "<f4", _V.BOOL: "?", _V.UINT64: "<u8", _V.INT64: "<i8",
-    _V.FLOAT64: "<f8",
-}  # fmt: skip
-
-
-class _Bytes:
-    """A bounds-checked cursor over the mapped file."""
-
-    def __init__(self, data: mmap.mmap, size: int) -> None:
-        self.data, self.size, self.pos = data, size, 0
-
-    def take(self, n: int, what: str) -> int:
-        """Reserve n bytes; returns where they start."""
-        if n < 0 or self.pos + n > self.size:
-            raise GgufFormatError(f"the file ends inside {what} (byte {self.pos:,})")
-        start, self.pos = self.pos, self.pos + n
-        return start
-
-    def number(self, fmt: str, what: str) -> Any:
-        start = self.take(struct.calcsize(fmt), what)
-        return struct.unpack_from(fmt, self.data, start)[0]
-
-    def raw_string(self, what: str) -> bytes:
-        n = self.number("<Q", what)
-        start = self.take(n, what)
-        return self.data[start : start + n]
-
-    def string(self, what: str) -> str:
-        try:
-            return self.raw_string(what).decode("utf-8")
-        except UnicodeDecodeError:
-            raise GgufFormatError(f"{what} is not UTF-8 text") from None
-
-
-def _value_type(raw: int, what: str) -> gguf.GGUFValueType:
-    try:
-        return gguf.GGUFValueType(raw)
-    except ValueError:
-        raise GgufFormatError(f"{what} has unknown value type {raw}") from None
-
-
-def _value(cur: _Bytes, kind: gguf.GGUFValueType, key: str, keep_strings: bool) -> Any:
-    if kind is _V.STRING:
-        return cur.string(f"the value of {key}")
-    if kind is not _V.ARRAY:
-        value = np.frombuffer(
-            cur.data,
-            _NUMPY_TYPES[kind],
-            1,
-            cur.take(np.dtype(_NUMPY_TYPES[kind]).itemsize, f"the value of {key}"),
-        )[0]
-        return value.item()
-    item = _value_type(cur.number("<I", key), key)
-    length = cur.number("<Q", key)
-    if item in _NUMPY_TYPES:
-        dtype = np.dtype(_NUMPY_TYPES[item])
-        start = cur.take(length * dtype.itemsize, f"the array {key}")
-        return np.frombuffer(cur.data, dtype, length, start).copy()
-    if item is _V.STRING:
-        # Every entry is at least its 8-byte length: refuse absurd counts before looping.
-        if length * 8 > cur.size - cur.pos:
-            raise GgufFormatError(f"the array {key} claims more entries than the file holds")
-        if keep_strings:
-            return [cur.raw_string(f"an entry of {key}") for _ in range(length)]
-        for _ in range(length):
-            cur.pos += 8 + cur.number("<Q", f"an entry of {key}")
-        if cur.pos > cur.size:
-            raise GgufFormatError(f"the file ends inside the array {key}")
-        return SkippedArray(length)
-    return [_value(cur, item, key, keep_strings) for _ in range(length)]
-
-
-def read_gguf(path: Path, keep_string_arrays: frozenset[str] = frozenset()) -> GgufFile:
-    """Read a GGUF's metadata and tensor table, checking every offset against the file.
-
-    gguf.GGUFReader builds a numpy view per vocabulary entry, which takes 10-25 s for Fathom's
-    152k tokens and 151k merges; this walks string arrays and keeps only those asked for.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size < 24:
-            raise GgufFormatError("the file is too short to be a GGUF")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return _parse(path, _Bytes(data, size), keep_string_arrays)
-
-
-def _parse(path: Path, cur: _Bytes, keep: frozenset[str]) -> GgufFile:
-    if cur.number("<I", "the magic number") != gguf.GGUF_MAGIC:
-        raise GgufFormatError("it does not start with the GGUF magic number")
-    version = cur.number("<I", "the version")
-    if version not in (2, 3):
-        raise GgufFormatError(f"GGUF version {version} is not supported")
-    n_tensors = cur.number("<Q", "the tensor count")
-    n_kv = cur.number("<Q", "the metadata count")
-    if max(n_tensors, n_kv) > cur.size // 8:
-        raise GgufFormatError("the header counts more entries than the file can hold")
-    metadata: dict[str, Any] = {}
-    for _ in range(n_kv):
-        key = cur.string("a metadata key")
-        kind = _value_type(cur.number("<I", key), key)
-        metadata[key] = _value(cur, kind, key, key in keep)
-
-    raw_tensors = []
-    for _ in range(n_tensors):
-        name = cur.string("a tensor name")
-        n_dims = cur.number("<I", name)
-        if not 1 <= n_dims <= 4:
-            raise GgufFormatError(f"tensor {name} has {n_dims} dimensions")
-        shape = tuple(cur.number("<Q", name) for _ in range(n_dims))
-        raw_type = cur.number("<I", name)
-        try:
-            ggml_type = gguf.GGMLQuantizationType(raw_type)
-        except ValueError:
-            raise GgufFormatError(f"tensor {name} has unknown type {raw_type}") from None
-        raw_tensors.append((name, shape, ggml_type, cur.number("<Q", name)))
-
-    alignment = metadata.get(gguf.Keys.General.ALIGNMENT, gguf.GGUF_DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0:
-        raise GgufFormatError(f"alignment {alignment!r} is invalid")
-    data_offset = -(-cur.pos // alignment) * alignment
-    tensors = []
-    for name, shape, ggml_type, relative in raw_tensors:
-        if ggml_type not in gguf.GGML_QUANT_SIZES:  # a type retired from ggml
-            raise GgufFormatError(f"tensor {name} has retired type {ggml_type.name}")
-        block, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
-        n_elements = int(np.prod(shape, dtype=np.int64))
-        n_bytes = n_elements // block * block_bytes
-        offset = data_offset + relative
-        if offset + n_bytes > cur.size:
-            raise GgufFormatError(
-                f"it is truncated: tensor {name} ends at byte {offset + n_bytes:,} of {cur.size:,}"
-            )
-        tensors.append(TensorInfo(name, shape, ggml_type, offset, n_bytes))
-    return GgufFile(path, cur.size, metadata, tuple(tensors), data_offset)
-
-
-def open_gguf(path: Path, keep_string_arrays: frozenset[str] = frozenset()) -> GgufFile:
-    """read_gguf, with every failure turned into one readable ConversionError."""
+def open_gguf(path: Path, keep_string_arrays: frozenset[str] = frozenset()) -> GgufHeader:
+    """read_gguf_header, with every failure turned into one readable ConversionError."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path} does not exist or is not a file.")
     try:
-        return read_gguf(path, keep_string_arrays)
+        return read_gguf_header(path, keep_string_arrays=keep_string_arrays)
     except GgufFormatError as e:
         raise ConversionError(f"{path.name} is not a usable GGUF file: {e}.") from e
     except OSError as e:
@@ -383,7 +195,7 @@ def inspect_gguf(path: Path) -> GgufInfo:
 
     return GgufInfo(
         path=str(f.path),
-        size_bytes=f.size,
+        size_bytes=f.file_size,
         architecture=arch,
         name=f.string(K.General.NAME),
         file_type=file_type_name(ftype) if ftype is not None else "unknown",

@@ -20,7 +20,7 @@ import gguf
 
 from convert.atomic import atomic_output
 from convert.errors import ConversionError
-from convert.inspect import GgufFormatError, read_gguf
+from convert.gguf_header import GgufFormatError, read_gguf_header
 from convert.progress import NullProgress, Progress
 
 MANIFEST_NAME = "manifest.json"
@@ -53,7 +53,7 @@ _HUB_TREE = re.compile(r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/tree/(?P
 def gguf_source(path: Path) -> tuple[str | None, str | None]:
     """(repo id, revision) a GGUF was converted from, as the converter recorded them."""
     try:
-        f = read_gguf(path)
+        f = read_gguf_header(path)
     except (GgufFormatError, OSError):
         return None, None
     repo = revision = None

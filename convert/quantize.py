@@ -33,7 +33,8 @@ import gguf
 
 from convert.atomic import atomic_output, require_free_space
 from convert.errors import ConversionError
-from convert.inspect import GgufFormatError, TensorInfo, file_type_name, open_gguf, read_gguf
+from convert.gguf_header import GgufFormatError, GgufTensor, read_gguf_header
+from convert.inspect import file_type_name, open_gguf
 from convert.progress import NullProgress, Progress
 
 
@@ -134,7 +135,7 @@ class GgufSummary:
     """What the quantizer needs to know about its input before handing it to llama.cpp."""
 
     file_type: int | None
-    tensors: tuple[TensorInfo, ...]
+    tensors: tuple[GgufTensor, ...]
     header_bytes: int
     is_quantized: bool
 
@@ -516,7 +517,7 @@ def _run_child(
 def _check_output(written: Path, final: Path, summary: GgufSummary) -> None:
     # llama.cpp does not check its writes: a full disk can end in a short file and success.
     try:
-        output = read_gguf(written)
+        output = read_gguf_header(written)
     except (GgufFormatError, OSError) as e:
         raise ConversionError(
             f"llama.cpp wrote an unusable {final.name} ({e}); is the disk full?"

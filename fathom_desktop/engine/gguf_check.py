@@ -11,15 +11,15 @@ from pathlib import Path
 
 import gguf
 
-from fathom_desktop.engine.errors import ModelFileError
-from fathom_desktop.engine.gguf_header import (
-    ArraySummary,
+from convert.gguf_header import (
     GgufFormatError,
     GgufHeader,
     GgufTensor,
     NotGgufError,
+    SkippedArray,
     read_gguf_header,
 )
+from fathom_desktop.engine.errors import ModelFileError
 
 SUPPORTED_ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN2]
 
@@ -97,7 +97,8 @@ def check_model_file(path: Path | str) -> ModelFileInfo:
     if not path.is_file():
         raise ModelFileError(f"{label}: no such model file.")
     try:
-        header = read_gguf_header(path)
+        # Missing tensor data is reported last, in _check_tensors, in the user's words.
+        header = read_gguf_header(path, check_tensor_data=False)
     except NotGgufError as error:
         raise ModelFileError(f"{label} is not a GGUF model file ({error}).") from None
     except GgufFormatError as error:
@@ -171,10 +172,8 @@ def _vocab_size(header: GgufHeader, label: str) -> int:
     if not isinstance(header.get(gguf.Keys.Tokenizer.MODEL), str):
         raise ModelFileError(f"{label} has no tokenizer.")
     tokens = header.get(gguf.Keys.Tokenizer.LIST)
-    if isinstance(tokens, ArraySummary):
+    if isinstance(tokens, SkippedArray) and tokens.length:
         return tokens.length
-    if isinstance(tokens, list) and tokens:
-        return len(tokens)
     raise ModelFileError(f"{label} has no tokenizer vocabulary.")
 
 
@@ -195,9 +194,8 @@ def _check_tensors(label: str, header: GgufHeader, expected: dict[str, tuple[int
             f"{label}: tensor {OPTIONAL_OUTPUT} has shape {list(output.shape)}, "
             f"expected {list(embedding)}."
         )
-    needed = max((t.offset + t.n_bytes for t in header.tensors), default=header.data_offset)
-    if needed > header.file_size:
+    if header.data_end > header.file_size:
         raise ModelFileError(
             f"{label} is incomplete: it holds {header.file_size:,} bytes but its tensors need "
-            f"{needed:,} (was a download or conversion interrupted?)."
+            f"{header.data_end:,} (was a download or conversion interrupted?)."
         )

@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 
 from convert.errors import ConversionError
-from convert.inspect import (
-    ChatTemplateVariant,
-    format_info,
-    inspect_gguf,
-    read_gguf,
-    template_variant,
-)
+from convert.gguf_header import read_gguf_header
+from convert.inspect import ChatTemplateVariant, format_info, inspect_gguf, template_variant
 from tests.convert.test_quantize import write_ladder_model
 
 
@@ -98,27 +93,6 @@ def test_template_variants_of_the_real_r1_templates(shared_fixtures: Path) -> No
     assert template_variant("{{ raise_exception('no') }}") is ChatTemplateVariant.UNRECOGNIZED
 
 
-def test_the_header_reader_agrees_with_gguf_py(tmp_path: Path) -> None:
-    path = write_ladder_model(tmp_path / "m.gguf", chat_template="{{ messages }}")
-    ours = read_gguf(path, keep_string_arrays=frozenset({gguf.Keys.Tokenizer.LIST}))
-    theirs = gguf.GGUFReader(path)
-    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
-    for mine, ref in zip(ours.tensors, theirs.tensors, strict=True):
-        assert mine.offset == ref.data_offset
-        assert mine.n_bytes == ref.n_bytes
-        assert mine.n_elements == ref.n_elements
-        assert mine.ggml_type == ref.tensor_type
-    tokens = theirs.get_field(gguf.Keys.Tokenizer.LIST)
-    assert ours.get(gguf.Keys.Tokenizer.LIST) == [bytes(tokens.parts[i]) for i in tokens.data]
-    types = theirs.get_field(gguf.Keys.Tokenizer.TOKEN_TYPE)
-    assert np.array_equal(
-        ours.get(gguf.Keys.Tokenizer.TOKEN_TYPE), [types.parts[i][0] for i in types.data]
-    )
-    assert ours.integer("qwen2.embedding_length") == 256
-    assert ours.string(gguf.Keys.Tokenizer.CHAT_TEMPLATE) == "{{ messages }}"
-    assert ours.get(gguf.Keys.Tokenizer.MERGES).length == 2  # measured, not kept
-
-
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
@@ -146,7 +120,7 @@ def test_missing_and_folder_paths(tmp_path: Path) -> None:
 def test_damaged_files_never_escape_as_anything_but_a_conversion_error(tmp_path: Path) -> None:
     """Every cut point and a spray of flipped bytes: a clean refusal, never a crash."""
     good = write_ladder_model(tmp_path / "good.gguf", n_layers=1).read_bytes()
-    header_end = read_gguf(tmp_path / "good.gguf").data_offset
+    header_end = read_gguf_header(tmp_path / "good.gguf").data_offset
     damaged = tmp_path / "damaged.gguf"
     rng = np.random.default_rng(1)
     cuts = list(range(0, header_end, max(1, header_end // 60))) + [len(good) - 1]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from convert.errors import ConversionError
-from convert.inspect import read_gguf
+from convert.gguf_header import read_gguf_header
 from convert.quantize import (
     LADDER,
     QuantizationCancelled,
@@ -258,7 +258,7 @@ def test_each_output_says_what_it_is(ladder: dict[str, QuantizeResult]) -> None:
         result = ladder[q.name]
         assert result.path.name == f"Ladder-Test-{q.name}.gguf"
         assert result.path.stat().st_size == result.n_bytes
-        header = read_gguf(result.path)
+        header = read_gguf_header(result.path)
         assert header.integer(gguf.Keys.General.FILE_TYPE) == q.file_type
         # 1-D norms and biases stay F32; every matrix was quantized.
         kinds = {t.ggml_type for t in header.tensors if len(t.shape) > 1}
@@ -325,7 +325,7 @@ def test_every_ladder_type_decodes_on_cpu_close_to_the_original(
 def test_progress_follows_llama_cpp_tensor_by_tensor(ladder_model: Path, tmp_path: Path) -> None:
     progress = RecordingProgress()
     quantize(ladder_model, tmp_path / "out.gguf", "Q8_0", progress=progress, n_threads=1)
-    header = read_gguf(ladder_model)
+    header = read_gguf_header(ladder_model)
     total = sum(t.n_bytes for t in header.tensors)
     assert progress.steps == [("Q8_0", total)]
     assert progress.advanced == total
@@ -365,7 +365,7 @@ def test_requantizing_is_refused_unless_allowed(
 
     result = quantize(q8, tmp_path / "again.gguf", "Q4_K_M", allow_requantize=True, n_threads=1)
     assert result.path.is_file()
-    assert read_gguf(result.path).integer(gguf.Keys.General.FILE_TYPE) == int(
+    assert read_gguf_header(result.path).integer(gguf.Keys.General.FILE_TYPE) == int(
         gguf.LlamaFileType.MOSTLY_Q4_K_M
     )
 

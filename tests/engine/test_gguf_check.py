@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import gguf
 import pytest
 
 from fathom_desktop.engine.errors import ModelFileError
 from fathom_desktop.engine.gguf_check import check_model_file
-from fathom_desktop.engine.gguf_header import read_gguf_header
 from tests.engine.tiny_models import small_qwen2
 
 
@@ -33,23 +31,9 @@ def test_a_good_file_describes_itself(tiny_gguf_f32: Path):
     assert info.n_ctx_train > 0 and info.head_dim * info.n_head == info.n_embd
 
 
-def test_header_reader_agrees_with_gguf_reader_on_the_tensor_table(tmp_path: Path):
-    path = small_qwen2(tmp_path / "mixed.gguf")
-    header = read_gguf_header(path)
-    ours = {t.name: (t.shape, t.ggml_type, t.offset, t.n_bytes) for t in header.tensors}
-    reference = gguf.GGUFReader(path)
-    theirs = {
-        t.name: (tuple(int(d) for d in t.shape), t.tensor_type, t.data_offset, t.n_bytes)
-        for t in reference.tensors
-    }
-    assert ours == theirs
-    assert {t.ggml_type for t in header.tensors} >= {
-        gguf.GGMLQuantizationType.Q8_0,
-        gguf.GGMLQuantizationType.F16,
-    }
-    for key in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.Tokenizer.CHAT_TEMPLATE):
-        assert header.get(key) == reference.fields[key].contents()
-    assert check_model_file(path).n_layers == 2
+def test_a_small_model_with_mixed_tensor_types_passes(tmp_path: Path):
+    # The reader itself is compared with gguf.GGUFReader in tests/convert/test_gguf_header.py.
+    assert check_model_file(small_qwen2(tmp_path / "mixed.gguf")).n_layers == 2
 
 
 def test_truncated_file_says_it_is_incomplete(tiny_gguf_f32: Path, tmp_path: Path):
