@@ -1,6 +1,6 @@
 """`fathom-desktop`: start the chat window.
 
-fathom-desktop                      # the model from Settings, or the first-run dialog
+fathom-desktop                      # the model from Settings, else the embedded demo model
 fathom-desktop --model FILE.gguf    # this model for this run (Settings are not changed)
 fathom-desktop --fake-engine        # a scripted stand-in model, for demos without weights
 fathom-desktop --self-test          # a headless check of this copy: one line and an exit status
@@ -14,8 +14,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from PySide6.QtCore import QLockFile, QObject, Qt, Slot
+
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+
+# One app per user: two windows on one history would each take the other's streaming reply for
+# one left over from a crash and mark it interrupted.
+LOCK_FILE_NAME = "fathom-desktop.lock"
+LOCK_WAIT_MS = 200
+ALREADY_RUNNING = "Fathom Desktop is already running"
+PREPARING_DEMO = "Preparing the demo model…"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,6 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fathom_desktop.selftest import run_self_test
 
         return run_self_test(args.model)
+    try:
+        lock = hold_instance_lock()
+    except InstanceLockError as error:
+        print(error, file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        return _run_app(args)
+    finally:
+        lock.unlock()
+
+
+def _run_app(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from PySide6.QtGui import QIcon
@@ -92,8 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         window.show_banner(warning)
     window.show()
 
-    start_model(window, store, args.model, fake_engine=args.fake_engine)
+    started = start_model(window, store, args.model, fake_engine=args.fake_engine)
     code = app.exec()
+    if isinstance(started, DemoStart):
+        started.stop()  # the window may close while the demo is still being made
     window.shutdown()
     history.close()
     return code
@@ -107,8 +130,42 @@ def _apply_theme(theme: str) -> None:
     apply_theme(theme)
 
 
+class InstanceLockError(Exception):
+    """Another Fathom Desktop holds the lock, or it cannot be made; str(error) is one line."""
+
+
+def hold_instance_lock(directory: Path | None = None) -> QLockFile:
+    """Lock the data folder for this process's lifetime, or raise InstanceLockError.
+
+    The lock is held for hours, so its age says nothing (Qt's advice for long-held locks is a
+    stale time of 0). Qt still treats it as stale, and takes it over, when the process it names
+    is gone, so a crash or a `kill -9` never locks the user out.
+    """
+    from fathom_desktop import paths
+
+    try:
+        path = (directory or paths.data_dir()) / LOCK_FILE_NAME
+    except OSError as error:
+        raise InstanceLockError(f"fathom-desktop: cannot use the data folder: {error}") from None
+    lock = QLockFile(str(path))
+    lock.setStaleLockTime(0)
+    if lock.tryLock(LOCK_WAIT_MS):
+        return lock
+    if lock.error() == QLockFile.LockError.LockFailedError:
+        pid, _host, _app = lock.getLockInfo()
+        holder = f" (process {pid})" if pid > 0 else ""
+        raise InstanceLockError(f"{ALREADY_RUNNING}{holder}.")
+    raise InstanceLockError(
+        f"fathom-desktop: cannot create the lock file {path} ({lock.error().name})."
+    )
+
+
 def start_model(window, store, model: Path | None, *, fake_engine: bool = False):
-    """Load the model to use; with none configured, open the first-run dialog (returned)."""
+    """Load the model to use: --model, else Settings' model, else the embedded demo model.
+
+    Returns the DemoStart when it goes for the demo (its `dialog` is the first-run dialog should
+    the demo be unavailable), else None.
+    """
     from fathom_desktop.engine.types import LoadOptions
     from fathom_desktop.gui.fake_engine import DEMO_MODEL_PATH
     from fathom_desktop.settings import SettingsValueError
@@ -124,11 +181,112 @@ def start_model(window, store, model: Path | None, *, fake_engine: bool = False)
     elif fake_engine:
         window.load_model(LoadOptions(model_path=DEMO_MODEL_PATH))
     else:
-        return _first_run(window, store)
+        demo = DemoStart(window, store)
+        demo.start()
+        return demo
     return None
 
 
-def _first_run(window, store):
+def demo_load_options(store, model: Path):
+    """The user's load settings (context, GPU layers, …) applied to the demo model.
+
+    The demo's path is not written to the model_path setting: that setting means "a model you
+    chose", and the demo's file name carries a fingerprint of the shipped checkpoint, so a saved
+    path would go stale (and be deleted) at the next app update with a retrained demo.
+    """
+    from fathom_desktop.settings import SettingsStore
+
+    scratch = SettingsStore()  # in memory; never saved
+    scratch.update({**store.as_dict(), "model_path": str(model)})
+    return scratch.load_options()
+
+
+class DemoStart(QObject):
+    """Makes the embedded demo model ready off the GUI thread, then loads it in the window.
+
+    The first run converts the shipped checkpoint to a Q8_0 GGUF in the models folder (a second
+    or so); later runs find the file at once. Should the demo be unavailable, the first-run dialog
+    opens, with the reason in the window's banner.
+    """
+
+    def __init__(self, window, store) -> None:
+        super().__init__(window)  # lives (and its slots run) in the GUI thread, as long as window
+        self._window = window
+        self._store = store
+        self._job = None
+        self.dialog = None  # the first-run dialog, once the demo turned out to be unavailable
+
+    def start(self) -> None:
+        from fathom_desktop import demo
+        from fathom_desktop.gui.first_run_steps import Job
+
+        # Looked up when the job runs, so that tests can stand in for the conversion.
+        self._job = job = Job(lambda progress, _cancel: demo.ensure_demo_model(progress))
+        # Queued: the job's signals are emitted on its own thread and the slots touch widgets.
+        queued = Qt.ConnectionType.QueuedConnection
+        job.progress.connect(self._on_progress, queued)
+        job.succeeded.connect(self._on_ready, queued)
+        job.failed.connect(self._on_unavailable, queued)
+        job.cancelled.connect(self._on_cancelled, queued)
+        # On permanent status-bar widgets: a status message would hide the busy bar.
+        self._window.busy.setVisible(True)
+        self._window.model_label.setText(PREPARING_DEMO)
+        job.start()
+
+    def running(self) -> bool:
+        return self._job is not None
+
+    def stop(self) -> None:
+        """Cancel and wait; a half-made GGUF is removed, never left looking finished."""
+        if self._job is not None:
+            self._job.stop_and_wait()
+            self._job = None
+
+    def _finish(self) -> None:
+        if self._job is not None:
+            self._job.thread.wait()
+            self._job = None
+
+    def _superseded(self) -> bool:
+        """True when the window closed, or the user loaded a model of their own meanwhile."""
+        from fathom_desktop.gui.main_window import ChatState
+        from fathom_desktop.gui.worker import WorkerState
+
+        window = self._window
+        if window.client.state is WorkerState.CLOSED:
+            return True
+        return bool(self._store.get("model_path")) or window.state is not ChatState.NO_MODEL
+
+    @Slot(str, int, int, str)
+    def _on_progress(self, step: str, done: int, total: int, _message: str) -> None:
+        detail = f"{step}, {100 * min(done, total) // total}%" if total > 0 else step
+        self._window.model_label.setText(f"{PREPARING_DEMO} ({detail})")
+
+    @Slot(object)
+    def _on_ready(self, model: object) -> None:
+        self._finish()
+        if self._superseded():
+            return
+        self._window.load_model(demo_load_options(self._store, Path(str(model))))
+
+    @Slot(str)
+    def _on_unavailable(self, reason: str) -> None:
+        self._finish()
+        window = self._window
+        window.busy.setVisible(False)
+        window.model_label.setText("No model")
+        if self._superseded():
+            return
+        why = f"The demo model is unavailable: {reason}"
+        window.show_banner(why)
+        self.dialog = _first_run(window, self._store, why)
+
+    @Slot(str)
+    def _on_cancelled(self, _reason: str) -> None:
+        self._finish()
+
+
+def _first_run(window, store, why: str | None = None):
     from fathom_desktop.gui.first_run import FirstRunDialog
 
     dialog = FirstRunDialog(window)
@@ -144,10 +302,9 @@ def _first_run(window, store):
             window.show_banner(str(error))
         window.load_model()
 
+    gave_up = "No model is chosen yet. Choose a GGUF file in File › Settings."
     dialog.accepted.connect(chosen)
-    dialog.rejected.connect(
-        lambda: window.show_banner("No model is chosen yet. Choose a GGUF file in File › Settings.")
-    )
+    dialog.rejected.connect(lambda: window.show_banner(f"{why} {gave_up}" if why else gave_up))
     dialog.open()
     return dialog
 

@@ -9,6 +9,7 @@ flat across the 16k-token context.
 from __future__ import annotations
 
 import time
+import unicodedata
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -80,9 +81,10 @@ class LlamaEngine:
 
     def load(self, options: LoadOptions) -> LoadReport:
         info = check_model_file(options.model_path)  # before the old model goes
-        _validate(options, info)
-        self.close()
         notes: list[str] = []
+        options = _cap_context(options, info, notes)
+        _validate(options)
+        self.close()
         gpu_supported = backend.gpu_offload_supported()
         n_gpu_layers = self._initial_gpu_layers(options, info, gpu_supported, notes)
         flash_attn = True if options.flash_attn is None else options.flash_attn
@@ -192,10 +194,14 @@ class LlamaEngine:
         return model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenize(text))
+        return len(self._tokenize(_nfc(text)))
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
-        return self._require().template.render(messages)
+        # The model was trained on NFC text (tokenizer.json normalizes to NFC); llama.cpp's
+        # tokenizer does not normalize, so decomposed input (macOS file names, some pastes)
+        # would otherwise reach the model as token sequences it has never seen.
+        normalized = [replace(m, content=_nfc(m.content)) for m in messages]
+        return self._require().template.render(normalized)
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The tokens the engine would send for `messages` (rendered, before any trimming)."""
@@ -304,11 +310,29 @@ def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int]) -> None:
         raise DecodeError(f"llama.cpp failed while reading the prompt ({error}).") from None
 
 
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _cap_context(options: LoadOptions, info: ModelFileInfo, notes: list[str]) -> LoadOptions:
+    """Never ask for more context than the model was trained for; say so when it is cut.
+
+    The app's default (Fathom-R1-14B's 16k) is more than smaller models such as the 4k demo
+    were trained for; positions past the trained length give garbage, so use the most it can.
+    """
+    if options.n_ctx <= info.n_ctx_train:
+        return options
+    notes.append(
+        f"Context capped at {info.n_ctx_train:,} tokens, the most this model was trained for."
+    )
+    return replace(options, n_ctx=info.n_ctx_train)
+
+
 def _flash_attn_on(llama: llama_cpp.Llama) -> bool:
     return llama.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
 
 
-def _validate(options: LoadOptions, info: ModelFileInfo) -> None:
+def _validate(options: LoadOptions) -> None:
     if options.kv_cache_type not in backend.KV_TYPES:
         choices = ", ".join(backend.KV_TYPES)
         raise SettingsError(
@@ -322,11 +346,6 @@ def _validate(options: LoadOptions, info: ModelFileInfo) -> None:
     if options.n_ctx < MIN_CONTEXT:
         raise SettingsError(
             f"A context of {options.n_ctx} tokens is too small; use at least {MIN_CONTEXT}."
-        )
-    if options.n_ctx > info.n_ctx_train:
-        raise SettingsError(
-            f"A context of {options.n_ctx:,} tokens exceeds the {info.n_ctx_train:,} this model "
-            "was trained for."
         )
     if options.n_threads is not None and options.n_threads < 1:
         raise SettingsError("The thread count must be at least 1.")

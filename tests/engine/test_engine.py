@@ -346,7 +346,7 @@ def test_loading_another_file_replaces_the_model(tiny_gguf_f32: Path, tiny_gguf_
 def test_settings_the_model_cannot_honour(tiny_gguf_f32: Path):
     engine = LlamaEngine()
     with pytest.raises(SettingsError):
-        engine.load(LoadOptions(tiny_gguf_f32, n_ctx=10**6))
+        engine.load(LoadOptions(tiny_gguf_f32, n_ctx=16))  # too long is capped, too short is not
     with pytest.raises(SettingsError):
         engine.load(LoadOptions(tiny_gguf_f32, kv_cache_type="q5_1"))  # type: ignore[arg-type]
     engine.load(LoadOptions(tiny_gguf_f32, n_ctx=256))

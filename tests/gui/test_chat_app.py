@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
-from fathom_desktop import __version__
+import pytest
+from PySide6.QtCore import qVersion
+
+from convert.errors import ConversionError
+from fathom_desktop import __version__, demo
 from fathom_desktop.app import start_model
 from fathom_desktop.gui.main_window import ChatState
 from fathom_desktop.history import MessageStatus
@@ -26,7 +31,11 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_version():
     result = _run("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"fathom-desktop {__version__}"
+    (line,) = result.stdout.splitlines()
+    # What a bug report needs: the app, which llama.cpp build runs the model, and the Qt.
+    assert line.startswith(f"fathom-desktop {__version__}: ")
+    assert re.search(r"llama\.cpp (CPU|CUDA) backend \(llama-cpp-python \d+\.\d+", line), line
+    assert f"Qt {qVersion()}" in line
 
 
 def test_a_missing_model_argument_is_one_readable_line(tmp_path):
@@ -36,12 +45,27 @@ def test_a_missing_model_argument_is_one_readable_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture
+def no_demo(monkeypatch):
+    """This copy of the app has no usable demo model, so a model must be chosen."""
+
+    def unavailable(progress=None, **_kwargs):
+        raise ConversionError("The demo model is incomplete in /app/resources/fathom-tiny.")
+
+    monkeypatch.setattr(demo, "ensure_demo_model", unavailable)
+
+
+def _first_run_dialog(start_model_result, qtbot):
+    qtbot.waitUntil(lambda: start_model_result.dialog is not None, timeout=WAIT_MS)
+    return start_model_result.dialog
+
+
 def test_no_model_configured_opens_the_first_run_dialog_then_loads_its_choice(
-    make_window, qtbot, fake_gguf
+    make_window, qtbot, fake_gguf, no_demo
 ):
     window = make_window(settings={"model_path": None}, load=False)
-    dialog = start_model(window, window.store, None)
-    assert dialog is not None and dialog.isVisible()
+    dialog = _first_run_dialog(start_model(window, window.store, None), qtbot)
+    assert dialog.isVisible()
     assert window.state is ChatState.NO_MODEL
 
     dialog.chosen_path = fake_gguf  # what its "Open a GGUF file" page does on success
@@ -51,9 +75,9 @@ def test_no_model_configured_opens_the_first_run_dialog_then_loads_its_choice(
     assert window.report is not None and window.report.model_path == fake_gguf
 
 
-def test_giving_up_on_the_first_run_leaves_a_usable_window(make_window, qtbot):
+def test_giving_up_on_the_first_run_leaves_a_usable_window(make_window, qtbot, no_demo):
     window = make_window(settings={"model_path": None}, load=False)
-    dialog = start_model(window, window.store, None)
+    dialog = _first_run_dialog(start_model(window, window.store, None), qtbot)
     dialog.reject()
     assert "Choose a GGUF file in File › Settings" in window.banner_text()
     assert window.state is ChatState.NO_MODEL
