@@ -470,9 +470,11 @@ class SettingsStore:
 
     # -- what the engine and the chat need -----------------------------------------------
 
-    def load_options(self) -> LoadOptions:
-        model_path = self._values["model_path"]
-        if not isinstance(model_path, str) or not model_path:
+    def load_options(self, model_path: Path | None = None) -> LoadOptions:
+        """The engine's load options; `model_path` stands in when none is configured (the demo)."""
+        if model_path is None:
+            model_path = self._values["model_path"]
+        if not isinstance(model_path, str | Path) or not str(model_path):
             raise SettingsValueError("model_path", "No model file is chosen yet.")
         return LoadOptions(
             model_path=Path(model_path),

@@ -217,7 +217,8 @@ class MainWindow(QMainWindow):
         self.busy.setMaximumWidth(140)
         self.busy.setVisible(False)
         status = self.statusBar()
-        status.addWidget(self.busy)
+        # Permanent: a plain status-bar widget is hidden while a message ("Loading…") shows.
+        status.addPermanentWidget(self.busy)
         for label in (self.model_label, self.quant_label, self.gpu_label, self.speed_label):
             label.setTextFormat(Qt.TextFormat.PlainText)
             status.addPermanentWidget(label)
@@ -307,8 +308,11 @@ class MainWindow(QMainWindow):
     def load_model(self, options: LoadOptions | None = None) -> None:
         """Load the model the settings name (or `options`), in the model thread."""
         if options is None:
+            # With no model configured (the demo, or --model for one run) a settings change
+            # reloads the model that is in use rather than leaving the window without one.
+            in_use = self._last_good_load.model_path if self._last_good_load else None
             try:
-                options = self.store.load_options()
+                options = self.store.load_options(None if self.store.get("model_path") else in_use)
             except SettingsValueError as error:
                 self.show_banner(f"{error.reason} Choose a GGUF file in File › Settings.")
                 self._set_state(ChatState.NO_MODEL)

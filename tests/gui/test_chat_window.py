@@ -502,3 +502,20 @@ def test_chat_menu_regenerates(make_window, qtbot):
     wait_idle(qtbot, window)
     assert len(window.engine.requests) == 2
     assert _stored(window)[-1].status is MessageStatus.COMPLETE
+
+
+def test_a_settings_change_reloads_the_model_in_use_when_none_is_configured(
+    make_window, qtbot, fake_gguf
+):
+    # The demo model (or `--model` for one run) is not saved as the configured model; changing
+    # the context length must reload it, not leave the window without a model.
+    from fathom_desktop.engine.types import LoadOptions
+
+    window = make_window(settings={"model_path": None}, load=False)
+    window.load_model(LoadOptions(model_path=fake_gguf))
+    wait_idle(qtbot, window)
+    window.store.set("n_ctx", 8192)
+    window.apply_settings(["n_ctx"])
+    wait_idle(qtbot, window)
+    assert window.state is ChatState.READY
+    assert [(o.model_path, o.n_ctx) for o in window.engine.load_calls][-1] == (fake_gguf, 8192)
