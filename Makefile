@@ -10,4 +10,4 @@ test:
 	QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q
 
 lint:
-	.venv/bin/ruff check convert fathom_desktop tests bench
+	.venv/bin/ruff check convert fathom_desktop tests bench training packaging

@@ -1,0 +1,1 @@
+"""Training fathom-tiny, the embedded demo model (needs the [train] extra: torch)."""
