@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from fathom_desktop.engine.chat_template import with_eval_instruction
 from fathom_desktop.engine.types import (
     ChatMessage,
     ContextTrimmed,
@@ -59,7 +60,7 @@ from fathom_desktop.gui.worker import (
 )
 from fathom_desktop.history import History, HistoryError, MessageStatus, StoredMessage
 from fathom_desktop.render.math import start_warm_up
-from fathom_desktop.settings import SettingsStore, SettingsValueError
+from fathom_desktop.settings import SettingsStore, SettingsValueError, SystemPreset
 
 log = logging.getLogger(__name__)
 
@@ -567,7 +568,10 @@ class MainWindow(QMainWindow):
 
     def _engine_messages(self, stored: list[StoredMessage]) -> list[ChatMessage]:
         messages: list[ChatMessage] = []
-        system = self.store.system_prompt()
+        # R1-family models take Fathom's evaluation instruction in the user's turn, with no
+        # system prompt (as they were evaluated); a custom prompt goes in as a system message.
+        eval_preset = self.store.get("system_preset") == SystemPreset.FATHOM_EVAL
+        system = "" if eval_preset else self.store.system_prompt()
         if system:
             messages.append(ChatMessage("system", system))
         for message in stored:
@@ -575,7 +579,7 @@ class MainWindow(QMainWindow):
                 continue  # a reply that never reached its answer adds nothing the model can use
             if message.role in ("user", "assistant"):
                 messages.append(message.to_chat_message())
-        return messages
+        return with_eval_instruction(messages) if eval_preset else messages
 
     def _start_turn(self, samples: int = 1) -> bool:
         if self.conversation_id is None or self.report is None:

@@ -55,10 +55,11 @@ def test_send_streams_reasoning_then_renders_the_answer(make_window, qtbot, arti
     assert reply.answer.formulas >= 5
     screenshot(window, artifacts, "02-answer-rendered")
 
-    # The engine saw the system instruction and the question; the history kept everything.
+    # The engine saw the question with Fathom's instruction in the user's turn (no system
+    # prompt, as R1 models are evaluated); the history kept everything.
     sent = window.engine.requests[-1]
-    assert [m.role for m in sent] == ["system", "user"]
-    assert sent[0].content == FATHOM_EVAL_INSTRUCTION
+    assert [m.role for m in sent] == ["user"]
+    assert sent[0].content == f"Sum of the first 50 odd numbers?\n{FATHOM_EVAL_INSTRUCTION}"
     user, assistant = _stored(window)
     assert assistant.status is MessageStatus.COMPLETE
     assert assistant.reasoning == MEDIUM_REASONING
@@ -183,7 +184,9 @@ def test_edit_and_resend_drops_what_followed(make_window, qtbot):
     assert [m.role for m in stored] == ["user", "assistant"]
     assert [m.text for m in window.chat.user_messages()] == ["First question, edited"]
     last_request = window.engine.requests[-1]
-    assert [m.content for m in last_request if m.role == "user"] == ["First question, edited"]
+    assert [m.content for m in last_request if m.role == "user"] == [
+        f"First question, edited\n{FATHOM_EVAL_INSTRUCTION}"
+    ]
 
 
 def test_earlier_turns_are_sent_without_their_reasoning(make_window, qtbot):
@@ -193,9 +196,9 @@ def test_earlier_turns_are_sent_without_their_reasoning(make_window, qtbot):
     window.send("Two")
     wait_idle(qtbot, window)
     request = window.engine.requests[-1]
-    assert [m.role for m in request] == ["system", "user", "assistant", "user"]
-    assert request[2].content == window.engine.script.answer
-    assert "<think>" not in request[2].content
+    assert [m.role for m in request] == ["user", "assistant", "user"]
+    assert request[1].content == window.engine.script.answer
+    assert "<think>" not in request[1].content
 
 
 def test_switching_quantization_reloads_and_keeps_the_conversation(make_window, qtbot, tmp_path):

@@ -1,0 +1,62 @@
+"""The whole product on the demo model: a held-out problem asked in the chat window.
+
+The reasoning pane fills while the model thinks and folds when the answer starts; the answer's
+`\\boxed{}` is drawn as math, not raw TeX, and holds the right number.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fathom_desktop.engine.consensus import extract_boxed
+from fathom_desktop.history import MessageStatus
+
+# The GUI suite's fixtures: a private FATHOM_HOME per test and a window factory.
+from tests.gui.conftest import (  # noqa: F401
+    WAIT_MS,
+    artifacts,
+    fake_gguf,
+    fathom_home,
+    make_window,
+    screenshot,
+    wait_idle,
+)
+from training.heldout import held_out_problems
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_held_out_problem_is_answered_right_in_the_window(
+    make_window,
+    qtbot,
+    demo_gguf: Path,
+    artifacts: Path,  # noqa: F811
+) -> None:
+    from fathom_desktop.engine import LlamaEngine
+
+    window = make_window(
+        LlamaEngine(),
+        settings={"model_path": str(demo_gguf), "temperature": 0.0, "seed": 0, "n_threads": 2},
+    )
+    assert window.report is not None and window.report.n_ctx == 4096  # capped, with a note
+    right = 0
+    problems = held_out_problems(3)
+    for problem in problems:
+        window.send(problem.question)
+        reply = window.chat.assistant_messages()[-1]
+        qtbot.waitUntil(lambda: reply.reasoning.tokens > 10, timeout=WAIT_MS)  # noqa: B023
+        wait_idle(qtbot, window)
+
+        assert "ones:" in reply.reasoning.text() or "tens:" in reply.reasoning.text()
+        assert not reply.reasoning.is_expanded()  # folded once the answer started
+        assert reply.reasoning.header_text().startswith("Thought for ")
+        assert "\\boxed" not in reply.answer.toPlainText()  # drawn, not raw TeX
+        assert reply.answer.formulas >= 1
+        stored = window.history.messages(window.conversation_id)[-1]
+        assert stored.status is MessageStatus.COMPLETE
+        assert "</think>" not in (stored.reasoning or "") + stored.content
+        right += extract_boxed(stored.content) == str(problem.answer)
+    screenshot(window, artifacts, "demo-answered")
+    assert right >= 2, f"{right}/{len(problems)} held-out problems right in the window"
