@@ -1,5 +1,8 @@
 """fathom-chat: talk to a Fathom GGUF in the terminal, or answer one prompt (optionally as JSON).
 
+Without --model it uses the embedded demo model (fathom-tiny), as the desktop app does, made
+into a GGUF in the models folder on first use.
+
 Interactive: reasoning is dimmed on a terminal, the answer plain; Ctrl-C stops the current
 reply, a second Ctrl-C (or /exit, or Ctrl-D) quits; /reset starts a new conversation.
 Errors end the program with one readable line on stderr and a non-zero exit status.
@@ -20,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
+from convert.errors import ConversionError
 from fathom_desktop.engine.errors import EngineError
 from fathom_desktop.engine.types import (
     FATHOM_N_CTX,
@@ -79,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Chat with Fathom-R1-14B (a GGUF file) in the terminal.",
     )
-    parser.add_argument("--model", type=Path, help="the GGUF model file")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="the GGUF model file (default: the embedded demo model, math word problems only)",
+    )
     parser.add_argument("--prompt", help="answer this one message and exit")
     parser.add_argument("--system", help="system prompt")
     parser.add_argument(
@@ -136,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.json or args.consensus) and not args.prompt and not args.diagnostics:
         parser.error("--json and --consensus need --prompt")
-    if not args.diagnostics and args.model is None:
-        parser.error("--model is required")
     if args.verbose:
         from fathom_desktop.engine import llama_backend
 
@@ -149,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.diagnostics:
             return _diagnostics(args)
+        if args.model is None:
+            args.model = _demo_model()
         return _run(args)
-    except EngineError as error:
+    except (EngineError, ConversionError) as error:
         _fail(str(error))
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -159,6 +167,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fail(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _demo_model() -> Path:
+    """The demo's GGUF, made on first use; raises ConversionError when the demo is unavailable."""
+    from convert.progress import NullProgress, TqdmProgress
+    from fathom_desktop import demo
+
+    # stderr, so that --json keeps stdout to the one JSON object.
+    dim, reset = (DIM, RESET) if sys.stderr.isatty() else ("", "")
+    print(
+        f"{dim}No --model given: using the demo model {demo.DEMO_NAME} "
+        f"(math word problems only).{reset}",
+        file=sys.stderr,
+    )
+    # Bars only for a person watching; piped output and logs get no carriage-return clutter.
+    progress = TqdmProgress() if sys.stderr.isatty() else NullProgress()
+    try:
+        return demo.ensure_demo_model(progress)
+    finally:
+        progress.finish()
 
 
 def _load_options(args: argparse.Namespace) -> LoadOptions:

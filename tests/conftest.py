@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 # Set before any Qt import so that every test, and every process a test starts, runs headless.
@@ -10,6 +11,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # No test may reach the network; huggingface-hub honours these.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# Settings, history and models of anything a test starts go to a throwaway folder, never to the
+# user's real data folders; tests that need their own set FATHOM_HOME themselves.
+os.environ["FATHOM_HOME"] = tempfile.mkdtemp(prefix="fathom-tests-home-")
 
 import pytest  # noqa: E402
 
