@@ -76,11 +76,11 @@ def test_desktop_entry_names_the_launcher_and_icon() -> None:
     assert section["Icon"] == "fathom-desktop"
     assert section["Terminal"] == "false"
     validator = shutil.which("desktop-file-validate")
-    if validator:
-        done = subprocess.run(
-            [validator, str(RESOURCES / "fathom-desktop.desktop")], capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
+    assert validator, "desktop-file-validate is missing: apt-get install desktop-file-utils"
+    done = subprocess.run(
+        [validator, str(RESOURCES / "fathom-desktop.desktop")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_icons_are_square_images_of_the_named_sizes(qapp) -> None:

@@ -165,9 +165,9 @@ def test_desktop_entry_installer_points_the_menu_at_this_folder(
     assert f'Exec="{unpacked.launcher}"' in text.splitlines()
     assert (home / ".local/share/icons/hicolor/256x256/apps/fathom-desktop.png").is_file()
     validator = shutil.which("desktop-file-validate")
-    if validator:
-        check = subprocess.run([validator, str(entry)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
+    assert validator, "desktop-file-validate is missing: apt-get install desktop-file-utils"
+    check = subprocess.run([validator, str(entry)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
     removed = subprocess.run(
         [str(script), "--remove"], env=env, capture_output=True, text=True, timeout=60
