@@ -35,6 +35,19 @@ _STRING_LENGTH = struct.Struct("<Q")
 _MAGIC_BYTES = 4
 
 
+def file_type_name(raw: object, *, show_unknown_value: bool = True) -> str:
+    """`LlamaFileType.MOSTLY_Q4_K_M` (or its number) -> "Q4_K_M".
+
+    Anything else reads "unknown (N)", the number being what a bug report needs; with
+    show_unknown_value=False it is plain "unknown", for a user-facing summary of a model file.
+    """
+    try:
+        name = gguf.LlamaFileType(int(raw)).name  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return f"unknown ({raw})" if show_unknown_value else "unknown"
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
 class GgufFormatError(ValueError):
     """The bytes are not a well-formed GGUF; str() says what is wrong."""
 

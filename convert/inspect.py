@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 
 from convert.errors import ConversionError
-from convert.gguf_header import GgufFormatError, GgufHeader, read_gguf_header
+from convert.gguf_header import GgufFormatError, GgufHeader, file_type_name, read_gguf_header
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -101,15 +101,6 @@ def open_gguf(path: Path, keep_string_arrays: frozenset[str] = frozenset()) -> G
         raise ConversionError(f"{path.name} is not a usable GGUF file: {e}.") from e
     except OSError as e:
         raise ConversionError(f"Cannot read {path}: {e.strerror or e}.") from e
-
-
-def file_type_name(file_type: int) -> str:
-    """`LlamaFileType.MOSTLY_Q4_K_M` -> "Q4_K_M"; unknown values are shown as numbers."""
-    try:
-        name = gguf.LlamaFileType(file_type).name
-    except ValueError:
-        return f"unknown ({file_type})"
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
 def _token_type_name(value: int) -> str:

@@ -33,8 +33,8 @@ import gguf
 
 from convert.atomic import atomic_output, require_free_space
 from convert.errors import ConversionError
-from convert.gguf_header import GgufFormatError, GgufTensor, read_gguf_header
-from convert.inspect import file_type_name, open_gguf
+from convert.gguf_header import GgufFormatError, GgufTensor, file_type_name, read_gguf_header
+from convert.inspect import open_gguf
 from convert.progress import NullProgress, Progress
 
 

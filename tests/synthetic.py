@@ -1,9 +1,10 @@
 """Synthetic Hugging Face Qwen2 checkpoints for tests and benchmarks, written without torch.
 
-The safetensors files are written by hand (8-byte header length, JSON header, raw bytes), so the
-tests exercise the converter's reader against the format itself rather than against a library
-that shares its assumptions. Weights are random but deterministic; the float32 values of what was
-stored are kept so that a reference forward pass can run on exactly the checkpoint's numbers.
+The safetensors files are written by hand (8-byte header length, JSON header, raw bytes) with the
+project's one writer, training/safetensors_io.py, so the tests exercise the converter's reader
+against the format itself rather than against a library that shares its assumptions. Weights are
+random but deterministic; the float32 values of what was stored are kept so that a reference
+forward pass can run on exactly the checkpoint's numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.safetensors_io import bf16_bits_to_float32 as bf16_to_f32
+from training.safetensors_io import float32_to_bf16_bits as bf16_bits
+
+# Re-exported for the tests and bench scripts that build files by hand.
+from training.safetensors_io import safetensors_header as safetensors_header
+from training.safetensors_io import write_safetensors
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TOKENIZER_DIR = FIXTURES / "r1-distill-qwen-tokenizer"
@@ -91,17 +99,6 @@ class SyntheticCheckpoint:
         )
 
 
-def bf16_bits(values: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits, rounding to nearest even (as torch does)."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
-    return (rounded >> 16).astype(np.uint16)
-
-
-def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
 def encode(values: np.ndarray, dtype: str) -> np.ndarray:
     """float32 values -> the array whose bytes a safetensors file of `dtype` stores."""
     if dtype == "BF16":
@@ -113,35 +110,6 @@ def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
         return bf16_to_f32(stored)
     return stored.astype(np.float32)
-
-
-def safetensors_header(
-    tensors: Mapping[str, tuple[str, tuple[int, ...], int]],
-    metadata: Mapping[str, str] | None = None,
-) -> bytes:
-    """The length field and JSON header for (dtype, shape, nbytes) entries laid out in order."""
-    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
-    offset = 0
-    for name, (dtype, shape, nbytes) in tensors.items():
-        header[name] = {
-            "dtype": dtype,
-            "shape": list(shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    # The format pads the header with spaces so the data starts 8-byte aligned.
-    raw += b" " * (-len(raw) % 8)
-    return len(raw).to_bytes(8, "little") + raw
-
-
-def write_safetensors(path: Path, tensors: Mapping[str, tuple[str, np.ndarray]]) -> None:
-    """Write {name: (dtype, stored array)} as a safetensors file."""
-    layout = {name: (dtype, arr.shape, arr.nbytes) for name, (dtype, arr) in tensors.items()}
-    with open(path, "wb") as f:
-        f.write(safetensors_header(layout))
-        for _, arr in tensors.values():
-            f.write(np.ascontiguousarray(arr).tobytes())
 
 
 def qwen2_config(shape: Qwen2Shape, *, tied: bool, dtype: str) -> dict[str, Any]:

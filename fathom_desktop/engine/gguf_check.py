@@ -17,6 +17,7 @@ from convert.gguf_header import (
     GgufTensor,
     NotGgufError,
     SkippedArray,
+    file_type_name,
     read_gguf_header,
 )
 from fathom_desktop.engine.errors import ModelFileError
@@ -82,14 +83,6 @@ def expected_tensor_shapes(info_shape: dict[str, int], n_layers: int) -> dict[st
 OPTIONAL_OUTPUT = _tensor_name(gguf.MODEL_TENSOR.OUTPUT, ".weight")
 
 
-def file_type_name(raw: object) -> str:
-    try:
-        name = gguf.LlamaFileType(int(raw)).name  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return "unknown"
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-
-
 def check_model_file(path: Path | str) -> ModelFileInfo:
     """Validate a Fathom/Qwen2 GGUF; raises ModelFileError with a one-line reason."""
     path = Path(path)
@@ -153,7 +146,7 @@ def _check_header(path: Path, label: str, header: GgufHeader) -> ModelFileInfo:
         path=path,
         arch=arch,
         name=str(header.get(gguf.Keys.General.NAME, path.stem)),
-        file_type=file_type_name(header.get(gguf.Keys.General.FILE_TYPE)),
+        file_type=file_type_name(header.get(gguf.Keys.General.FILE_TYPE), show_unknown_value=False),
         n_layers=n_layers,
         n_ctx_train=n_ctx_train,
         size_bytes=header.file_size,

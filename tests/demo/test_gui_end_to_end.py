@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_held_out_problem_is_answered_right_in_the_window(
-    make_window,
+    make_window,  # noqa: F811
     qtbot,
     demo_gguf: Path,
     artifacts: Path,  # noqa: F811
