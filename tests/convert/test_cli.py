@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from convert.cli import EXIT_INTERRUPTED, main
 from convert.download import SOURCE_MARKER
 from convert.manifest import MANIFEST_NAME
 from convert.quantize import LADDER
+from tests.convert.cli_process import interrupt_cli
 from tests.convert.test_download import serve_fake_hub
 from tests.convert.test_quantize import write_ladder_model
 
@@ -262,25 +261,14 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_file(tmp_path: Path) -> None:
     # Big enough that one-thread IQ4_XS takes seconds, so the interrupt lands mid-write.
     source = write_ladder_model(tmp_path / "Slow-BF16.gguf", hidden=512, ffn=2048)
     out_dir = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "convert", "-q", "quantize", str(source), "--type", "IQ4_XS"]
-        + ["--threads", "1", "--out-dir", str(out_dir)],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    rc, err = interrupt_cli(
+        ["-q", "quantize", str(source), "--type", "IQ4_XS", "--threads", "1"]
+        + ["--out-dir", str(out_dir)],
+        when=lambda: any(out_dir.glob(".*.partial")),
+        waiting_for="llama.cpp starting to write",
+        start_timeout=120,
+        exit_timeout=60,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not any(out_dir.glob(".*.partial")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "llama.cpp never started writing"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert rc == EXIT_INTERRUPTED, err
     assert err.strip().splitlines() == ["fathom-convert: interrupted; no partial output was left."]
     assert list(out_dir.iterdir()) == []

@@ -13,9 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +31,7 @@ from convert.download import (
     read_source,
 )
 from convert.errors import ConversionError
+from tests.convert.cli_process import interrupt_cli
 
 REPO = "FractalAIResearch/Fathom-R1-14B"
 SHA = "5e1f0a9c3b7d2e4f6a8b0c1d3e5f7a9b1c2d3e4f"
@@ -334,26 +332,13 @@ def test_ctrl_c_during_a_download_exits_130_and_leaves_no_partial_file(
     hub.faults["model-00001-of-00002.safetensors"] = "slow"
     dest = tmp_path / "ckpt"
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "convert", "-q", "download", REPO, "--dest", str(dest)],
-        cwd=Path(__file__).resolve().parents[2],
+    rc, err = interrupt_cli(
+        ["-q", "download", REPO, "--dest", str(dest)],
+        when=lambda: bool(list(dest.glob(".cache/**/*.incomplete"))),
+        waiting_for="the slow file starting",
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not list(dest.glob(".cache/**/*.incomplete")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the slow file never started"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    assert rc == 130, err
     assert (
         err.strip().splitlines()[-1] == "fathom-convert: interrupted; no partial output was left."
     )
