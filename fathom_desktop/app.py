@@ -25,6 +25,7 @@ LOCK_FILE_NAME = "fathom-desktop.lock"
 LOCK_WAIT_MS = 200
 ALREADY_RUNNING = "Fathom Desktop is already running"
 PREPARING_DEMO = "Preparing the demo model…"
+NO_BACKEND = "llama.cpp unavailable"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -187,6 +188,15 @@ def start_model(window, store, model: Path | None, *, fake_engine: bool = False)
     return None
 
 
+def require_llama() -> None:
+    """Load llama.cpp's library, or raise BackendUnavailableError with the reason and the fix.
+
+    Called off the GUI thread (the import takes a few tenths of a second); it also warms the
+    library up for the model load that follows.
+    """
+    import fathom_desktop.engine.native  # noqa: F401
+
+
 def demo_load_options(store, model: Path):
     """The user's load settings (context, GPU layers, …) applied to the demo model.
 
@@ -215,13 +225,14 @@ class DemoStart(QObject):
         self._store = store
         self._job = None
         self.dialog = None  # the first-run dialog, once the demo turned out to be unavailable
+        # Set in the job's thread before it fails, read in the GUI thread after: no model can
+        # run at all, so the first-run dialog (convert, download) would only mislead.
+        self._no_backend = False
 
     def start(self) -> None:
-        from fathom_desktop import demo
         from fathom_desktop.gui.first_run_steps import Job
 
-        # Looked up when the job runs, so that tests can stand in for the conversion.
-        self._job = job = Job(lambda progress, _cancel: demo.ensure_demo_model(progress))
+        self._job = job = Job(lambda progress, _cancel: self._make_demo(progress))
         # Queued: the job's signals are emitted on its own thread and the slots touch widgets.
         queued = Qt.ConnectionType.QueuedConnection
         job.progress.connect(self._on_progress, queued)
@@ -232,6 +243,18 @@ class DemoStart(QObject):
         self._window.busy.setVisible(True)
         self._window.model_label.setText(PREPARING_DEMO)
         job.start()
+
+    def _make_demo(self, progress) -> Path:
+        from fathom_desktop import demo
+        from fathom_desktop.engine.errors import BackendUnavailableError
+
+        try:
+            require_llama()
+        except BackendUnavailableError:
+            self._no_backend = True
+            raise
+        # Looked up when the job runs, so that tests can stand in for the conversion.
+        return demo.ensure_demo_model(progress)
 
     def running(self) -> bool:
         return self._job is not None
@@ -274,8 +297,11 @@ class DemoStart(QObject):
         self._finish()
         window = self._window
         window.busy.setVisible(False)
-        window.model_label.setText("No model")
+        window.model_label.setText(NO_BACKEND if self._no_backend else "No model")
         if self._superseded():
+            return
+        if self._no_backend:
+            window.show_banner(reason)
             return
         why = f"The demo model is unavailable: {reason}"
         window.show_banner(why)

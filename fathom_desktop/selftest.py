@@ -43,6 +43,7 @@ THINK_TAGS = ("<think>", "</think>")
 
 
 class Step(StrEnum):
+    BACKEND = "llama.cpp backend"
     MODEL = "demo model"
     LOAD = "model load"
     GENERATE = "generation"
@@ -111,8 +112,12 @@ def _demo_model() -> tuple[Path, Probe]:
 
 
 def _backend_name() -> str:
-    from fathom_desktop.engine import llama_backend
+    from fathom_desktop.engine.errors import BackendUnavailableError
 
+    try:
+        from fathom_desktop.engine import llama_backend
+    except BackendUnavailableError as error:
+        raise SelfTestFailure(Step.BACKEND, str(error)) from None
     return "CUDA" if llama_backend.gpu_offload_supported() else "CPU"
 
 
@@ -236,6 +241,9 @@ def _guarded(step: Step, action: Callable[[], T]) -> T:
 
 def self_test(model: Path | None = None) -> SelfTestReport:
     started = time.monotonic()
+    # First: without llama.cpp's library nothing else can work, and the demo conversion would
+    # fail with a less helpful reason.
+    backend = _guarded(Step.BACKEND, _backend_name)
     if model is None:
         path, probe = _guarded(Step.MODEL, _demo_model)
     else:
@@ -244,7 +252,6 @@ def self_test(model: Path | None = None) -> SelfTestReport:
         path, probe = model, OWN_MODEL_PROBE
     report, finished = _guarded(Step.LOAD, lambda: _generate(path, probe))
     boxed = check_reply(finished, probe)
-    backend = _guarded(Step.LOAD, _backend_name)
     qt = _guarded(Step.GUI, check_gui)
     stats = finished.stats
     return SelfTestReport(

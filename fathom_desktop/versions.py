@@ -48,10 +48,13 @@ class Versions:
 
 
 def _llama() -> tuple[str, Backend, str]:
+    from fathom_desktop.engine.errors import BackendUnavailableError
+
     try:
         from fathom_desktop.engine import llama_backend
-    except (ImportError, OSError, RuntimeError) as error:
-        # llama_cpp raises FileNotFoundError/RuntimeError when its shared library is missing.
+    except BackendUnavailableError as error:  # the library is there but will not load
+        return "?", Backend.UNAVAILABLE, str(error)
+    except ImportError as error:  # llama-cpp-python itself is not installed
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         return "?", Backend.UNAVAILABLE, reason
     backend = Backend.CUDA if llama_backend.gpu_offload_supported() else Backend.CPU

@@ -24,9 +24,7 @@ SHARED_FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
 @pytest.fixture(scope="session")
 def shared_fixtures() -> Path:
     if not SHARED_FIXTURES.is_dir():
-        pytest.fail(
-            f"shared fixtures missing at {SHARED_FIXTURES}; the suite needs ../shared"
-        )
+        pytest.fail(f"shared fixtures missing at {SHARED_FIXTURES}; the suite needs ../shared")
     return SHARED_FIXTURES
 
 

@@ -29,3 +29,7 @@ class DecodeError(EngineError):
 
 class SettingsError(EngineError):
     """Options llama.cpp cannot honour together (a quantized KV cache without flash attention)."""
+
+
+class BackendUnavailableError(EngineError):
+    """llama.cpp's native library does not load here (e.g. the CUDA build without a driver)."""

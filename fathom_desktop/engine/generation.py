@@ -10,10 +10,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import llama_cpp
-
 from fathom_desktop.engine import llama_backend as backend
 from fathom_desktop.engine.errors import DecodeError
+from fathom_desktop.engine.native import llama_cpp
 from fathom_desktop.engine.reasoning import ReasoningSplitter
 from fathom_desktop.engine.types import (
     DeltaKind,

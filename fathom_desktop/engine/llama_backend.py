@@ -14,8 +14,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-import llama_cpp
-
+from fathom_desktop.engine.native import llama_cpp
 from fathom_desktop.engine.types import SamplingParams
 
 logger = logging.getLogger("fathom_desktop.engine.llama_cpp")

@@ -13,8 +13,6 @@ import unicodedata
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-import llama_cpp
-
 from fathom_desktop.engine import llama_backend as backend
 from fathom_desktop.engine.chat_template import ChatTemplate
 from fathom_desktop.engine.consensus import ConsensusResult, consensus
@@ -28,6 +26,7 @@ from fathom_desktop.engine.errors import (
 )
 from fathom_desktop.engine.generation import Reply, ReplySetup
 from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
+from fathom_desktop.engine.native import llama_cpp
 from fathom_desktop.engine.planner import detect_gpu, profile_from_model_file
 from fathom_desktop.engine.reasoning import THINK_CLOSE, prompt_opens_reasoning
 from fathom_desktop.engine.types import (

@@ -17,9 +17,7 @@ from typing import Literal, Protocol
 FATHOM_N_CTX = 16384
 FATHOM_TEMPERATURE = 0.6
 FATHOM_TOP_P = 0.95
-FATHOM_EVAL_INSTRUCTION = (
-    "Please reason step by step, and put your final answer within \\boxed{}."
-)
+FATHOM_EVAL_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 KvCacheType = Literal["f16", "q8_0", "q4_0"]
 Role = Literal["system", "user", "assistant"]

@@ -195,3 +195,32 @@ def test_closing_while_the_demo_is_made_stops_it(start, make_window, qtbot, monk
     qtbot.wait(100)
     assert len(steps) == done  # the conversion thread really stopped
     assert started.dialog is None and window.report is None
+
+
+def test_without_a_usable_llama_cpp_the_window_says_why_and_offers_no_conversion(
+    start, make_window, qtbot, monkeypatch
+):
+    # The CUDA package on a machine without the NVIDIA driver: nothing can run, so neither the
+    # demo conversion nor the first-run dialog (convert, download) would help.
+    from fathom_desktop import app
+    from fathom_desktop.engine.errors import BackendUnavailableError
+    from fathom_desktop.engine.native import NO_DRIVER
+
+    def no_driver() -> None:
+        raise BackendUnavailableError(NO_DRIVER)
+
+    def must_not_run(*_args, **_kwargs):
+        raise AssertionError("the demo was converted although llama.cpp cannot load")
+
+    monkeypatch.setattr(app, "require_llama", no_driver)
+    monkeypatch.setattr(demo, "ensure_demo_model", must_not_run)
+    window = make_window(settings={"model_path": None}, load=False)
+    started = start(window)
+    qtbot.waitUntil(lambda: not started.running(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.banner_text() != "", timeout=WAIT_MS)
+
+    assert window.banner_text().startswith(NO_DRIVER)
+    assert window.model_label.text() == "llama.cpp unavailable"
+    assert not window.busy.isVisible()
+    assert started.dialog is None
+    assert window.state is ChatState.NO_MODEL
