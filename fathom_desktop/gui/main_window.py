@@ -17,13 +17,11 @@ from enum import StrEnum
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import (
-    QHBoxLayout,
     QInputDialog,
     QLabel,
     QMainWindow,
     QProgressBar,
     QSplitter,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -38,6 +36,7 @@ from fathom_desktop.engine.types import (
     Phase,
     PhaseChanged,
 )
+from fathom_desktop.gui.banner import BANNER_STYLE, Banner, BannerKind
 from fathom_desktop.gui.chat_view import AssistantMessage, ChatView
 from fathom_desktop.gui.composer import Composer, ComposerMode
 from fathom_desktop.gui.context_meter import ContextMeter, ContextUsage
@@ -71,7 +70,8 @@ LOAD_KEYS = frozenset(
 TITLE_LENGTH = 60
 DEFAULT_CONSENSUS_SAMPLES = 5
 
-STYLE_SHEET = """
+STYLE_SHEET = (
+    """
 #userMessage { background: palette(alternate-base); border-radius: 8px; }
 #assistantMessage { border-bottom: 1px solid palette(midlight); }
 QTextEdit#answerText { background: transparent; }
@@ -79,8 +79,10 @@ QTextEdit#answerText { background: transparent; }
 #reasoningPane { border: 1px solid palette(mid); border-radius: 6px; }
 #reasoningText { color: palette(placeholder-text); }
 #notice, #figures { color: palette(placeholder-text); }
-#errorText, #banner { color: #c62828; }
+#errorText { color: #c62828; }
 """
+    + BANNER_STYLE
+)
 
 
 class ChatState(StrEnum):
@@ -169,20 +171,7 @@ class MainWindow(QMainWindow):
         self.sidebar.rename_requested.connect(self.rename_conversation)
         self.sidebar.delete_requested.connect(self.delete_conversation)
 
-        self.banner = QLabel(self)
-        self.banner.setObjectName("banner")
-        self.banner.setTextFormat(Qt.TextFormat.PlainText)
-        self.banner.setWordWrap(True)
-        self.banner_close = QToolButton(self)
-        self.banner_close.setText("✕")
-        self.banner_close.setAutoRaise(True)
-        self.banner_close.clicked.connect(self.hide_banner)
-        self._banner_row = QWidget(self)
-        banner_layout = QHBoxLayout(self._banner_row)
-        banner_layout.setContentsMargins(12, 6, 12, 0)
-        banner_layout.addWidget(self.banner, 1)
-        banner_layout.addWidget(self.banner_close)
-        self._banner_row.setVisible(False)
+        self.banner = Banner(self)
 
         self.chat = ChatView(self)
         self.chat.edit_submitted.connect(self.resend_edited)
@@ -197,7 +186,7 @@ class MainWindow(QMainWindow):
         right_layout = QVBoxLayout(right)
         right_layout.setContentsMargins(0, 0, 0, 0)
         right_layout.setSpacing(4)
-        right_layout.addWidget(self._banner_row)
+        right_layout.addWidget(self.banner)
         right_layout.addWidget(self.chat, 1)
         right_layout.addWidget(self.meter)
         right_layout.addWidget(self.composer)
@@ -294,15 +283,14 @@ class MainWindow(QMainWindow):
         for message in self.chat.assistant_messages():
             message.regenerate_button.setEnabled(idle)
 
-    def show_banner(self, text: str) -> None:
-        self.banner.setText(text)
-        self._banner_row.setVisible(True)
+    def show_banner(self, text: str, kind: BannerKind = BannerKind.PROBLEM) -> None:
+        self.banner.show_message(text, kind)
 
     def hide_banner(self) -> None:
-        self._banner_row.setVisible(False)
+        self.banner.hide()
 
     def banner_text(self) -> str:
-        return self.banner.text() if self._banner_row.isVisible() else ""
+        return self.banner.text()
 
     # -- the model ----------------------------------------------------------------------------
 
@@ -348,7 +336,7 @@ class MainWindow(QMainWindow):
         # Keep the shown conversation's last turn on the meter; only the window size may change.
         self.meter.set_usage(dataclasses.replace(self.meter.usage, n_ctx=report.n_ctx))
         if report.notes:
-            self.show_banner(" ".join(report.notes))
+            self.show_banner(" ".join(report.notes), BannerKind.NOTE)
         self._set_state(ChatState.GENERATING if self._turn is not None else ChatState.READY)
 
     def _on_load_failed(self, message: str) -> None:

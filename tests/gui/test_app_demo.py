@@ -18,6 +18,7 @@ import pytest
 from convert.errors import ConversionError
 from fathom_desktop import demo
 from fathom_desktop.app import DemoStart, start_model
+from fathom_desktop.gui.banner import BannerKind
 from fathom_desktop.gui.main_window import ChatState
 from fathom_desktop.history import MessageStatus
 from tests.gui.conftest import WAIT_MS, wait_idle
@@ -95,6 +96,7 @@ def test_no_model_configured_loads_the_demo_model(start, real_window, qtbot, sta
     # The default 16k context is more than the demo was trained for: capped, and the user told.
     assert window.report.n_ctx == 4096
     assert "Context capped at 4,096 tokens" in window.banner_text()
+    assert window.banner.kind is BannerKind.NOTE  # an adjustment, not a failure
     assert window.meter.usage.n_ctx == 4096
 
     window.send("Hello")
@@ -220,6 +222,7 @@ def test_without_a_usable_llama_cpp_the_window_says_why_and_offers_no_conversion
     qtbot.waitUntil(lambda: window.banner_text() != "", timeout=WAIT_MS)
 
     assert window.banner_text().startswith(NO_DRIVER)
+    assert window.banner.kind is BannerKind.PROBLEM
     assert window.model_label.text() == "llama.cpp unavailable"
     assert not window.busy.isVisible()
     assert started.dialog is None
