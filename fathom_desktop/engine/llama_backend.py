@@ -120,6 +120,10 @@ def open_llama(params: OpenParams) -> llama_cpp.Llama:
             type_k=kv_type,
             type_v=kv_type,
             n_threads=params.n_threads,
+            # With no layer on the GPU, llama.cpp would still send large prompt batches there
+            # ("op offload"). CPU only should mean no GPU at all: the user keeps the VRAM, and
+            # a GPU this build cannot drive is never touched.
+            op_offload=params.n_gpu_layers > 0,
             logits_all=False,
             verbose=False,
         )

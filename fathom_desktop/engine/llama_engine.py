@@ -26,6 +26,7 @@ from fathom_desktop.engine.errors import (
 )
 from fathom_desktop.engine.generation import Reply, ReplySetup
 from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
+from fathom_desktop.engine.gpu_support import current_build, gpu_problem
 from fathom_desktop.engine.native import llama_cpp
 from fathom_desktop.engine.planner import detect_gpu, profile_from_model_file
 from fathom_desktop.engine.reasoning import THINK_CLOSE, prompt_opens_reasoning
@@ -120,18 +121,28 @@ class LlamaEngine:
         self, options: LoadOptions, info: ModelFileInfo, gpu_supported: bool, notes: list[str]
     ) -> int:
         n_layers = info.n_layers + 1
+        wanted: int | None = None  # None: let the planner choose
         if options.n_gpu_layers is not None:
             wanted = n_layers if options.n_gpu_layers < 0 else min(options.n_gpu_layers, n_layers)
-            if wanted and not gpu_supported:
-                notes.append("This llama-cpp-python build has no GPU offload; running on the CPU.")
+            if wanted == 0:
                 return 0
-            return wanted
         if not gpu_supported:
+            if wanted:
+                notes.append("This llama-cpp-python build has no GPU offload; running on the CPU.")
             return 0
         gpu = detect_gpu()
         if gpu is None:
+            if wanted is not None:
+                return wanted  # the user's choice; NVML may be missing while CUDA works
             notes.append("No NVIDIA GPU found; running on the CPU.")
             return 0
+        # Checked for the user's own layer count too: an unsupported GPU aborts the process.
+        problem = gpu_problem(gpu, current_build())
+        if problem is not None:
+            notes.append(problem)
+            return 0
+        if wanted is not None:
+            return wanted
         profile = profile_from_model_file(
             info,
             n_ctx=options.n_ctx,

@@ -49,6 +49,9 @@ class GpuInfo:
     name: str
     total_bytes: int
     free_bytes: int
+    # What gpu_support checks against the llama.cpp build; None when NVML could not say.
+    compute_capability: tuple[int, int] | None = None  # (8, 9) for an RTX 4090
+    driver_cuda_version: int | None = None  # the newest CUDA the driver runs: 12080 = 12.8
 
 
 def detect_gpu() -> GpuInfo | None:
@@ -69,12 +72,30 @@ def detect_gpu() -> GpuInfo | None:
         memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
-        return GpuInfo(name=str(name), total_bytes=int(memory.total), free_bytes=int(memory.free))
+        return GpuInfo(
+            name=str(name),
+            total_bytes=int(memory.total),
+            free_bytes=int(memory.free),
+            compute_capability=_nvml_optional(
+                lambda: tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle))
+            ),
+            driver_cuda_version=_nvml_optional(pynvml.nvmlSystemGetCudaDriverVersion),
+        )
     except pynvml.NVMLError:
         return None
     finally:
         with contextlib.suppress(pynvml.NVMLError):
             pynvml.nvmlShutdown()
+
+
+def _nvml_optional(query):
+    """A query some drivers do not answer; the caller plans without it."""
+    import pynvml
+
+    try:
+        return query()
+    except pynvml.NVMLError:
+        return None
 
 
 @dataclass(frozen=True)
