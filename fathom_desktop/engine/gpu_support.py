@@ -106,3 +106,15 @@ def gpu_problem(gpu: GpuInfo, build: CudaBuild) -> str | None:
                 f"supports ({oldest // 100}.{oldest % 100 // 10} and newer); running on the CPU."
             )
     return None
+
+
+CPU_BUILD = "This is the CPU build of Fathom Desktop: models run on the CPU only."
+
+
+def usability_problem(gpu: GpuInfo) -> str | None:
+    """gpu_problem for the llama.cpp installed here, a CPU build included."""
+    from fathom_desktop.engine import llama_backend
+
+    if not llama_backend.gpu_offload_supported():
+        return CPU_BUILD
+    return gpu_problem(gpu, current_build())

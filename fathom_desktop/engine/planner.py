@@ -52,6 +52,9 @@ class GpuInfo:
     # What gpu_support checks against the llama.cpp build; None when NVML could not say.
     compute_capability: tuple[int, int] | None = None  # (8, 9) for an RTX 4090
     driver_cuda_version: int | None = None  # the newest CUDA the driver runs: 12080 = 12.8
+    # Why the installed llama.cpp cannot use this GPU (gpu_support.usability_problem); None if
+    # it can or nobody asked. Fit badges then say "CPU only", as the engine will run it.
+    problem: str | None = None
 
 
 def detect_gpu() -> GpuInfo | None:

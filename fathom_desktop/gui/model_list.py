@@ -4,6 +4,7 @@ and whether it fits the GPU at the current context length and KV cache type.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import gguf
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeWidget, QTreeWidgetItem
 
-from fathom_desktop.engine import planner
+from fathom_desktop.engine import gpu_support, planner
 from fathom_desktop.engine.errors import ModelFileError
 from fathom_desktop.engine.gguf_check import check_model_file
 from fathom_desktop.engine.planner import GpuInfo
@@ -146,9 +147,16 @@ def human_size(n_bytes: int | None) -> str:
 
 
 def probe_gpu() -> GpuInfo | None:
-    """The engine's view of the GPU; a broken driver means "no GPU" to the user, not a crash."""
+    """The engine's view of the GPU; a broken driver means "no GPU" to the user, not a crash.
+
+    The GPU comes with the reason the installed llama.cpp cannot use it, if any (the CPU build,
+    an old driver or GPU), so that the badges promise what the engine will do.
+    """
     try:
-        return planner.detect_gpu()
+        gpu = planner.detect_gpu()
+        if gpu is None:
+            return None
+        return dataclasses.replace(gpu, problem=gpu_support.usability_problem(gpu))
     except Exception:
         return None
 
@@ -156,6 +164,8 @@ def probe_gpu() -> GpuInfo | None:
 def describe_gpu(gpu: GpuInfo | None) -> str:
     if gpu is None:
         return "No GPU detected: models run on the CPU."
+    if gpu.problem is not None:
+        return f"GPU: {gpu.name}. {gpu.problem}"
     return (
         f"GPU: {gpu.name}, {gpu.free_bytes / 2**30:.1f} GiB free "
         f"of {gpu.total_bytes / 2**30:.1f} GiB"
@@ -176,7 +186,7 @@ def fit_badge(
     """The planner's verdict: "fits on GPU", "partial: 31/49 layers" or "CPU only"."""
     if not entry.exists:
         return "file missing"
-    if gpu is None:
+    if gpu is None or gpu.problem is not None:
         return CPU_ONLY
     try:
         mtime_ns = entry.path.stat().st_mtime_ns

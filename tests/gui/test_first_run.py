@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fathom_desktop import paths
-from fathom_desktop.engine import planner
+from fathom_desktop.engine import gpu_support, planner
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.gui.first_run import FirstRunDialog, Page
 from fathom_desktop.gui.first_run_steps import JobCancelled, JobProgress, convert_folder
@@ -26,6 +26,8 @@ JOB_TIMEOUT_MS = 120_000
 def fathom_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(paths.HOME_ENV_VAR, str(tmp_path / "home"))
     monkeypatch.setattr(planner, "detect_gpu", lambda: FAKE_GPU)
+    # A CUDA build that supports it; this machine's own llama.cpp is the CPU build.
+    monkeypatch.setattr(gpu_support, "usability_problem", lambda _gpu: None)
     return tmp_path / "home"
 
 

@@ -13,7 +13,8 @@ import pytest
 from PySide6.QtWidgets import QComboBox, QDialogButtonBox, QSpinBox
 
 from fathom_desktop import paths
-from fathom_desktop.engine import planner
+from fathom_desktop.engine import gpu_support, llama_backend, planner
+from fathom_desktop.engine.gpu_support import CudaBuild
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, LoadOptions
 from fathom_desktop.gui import model_list
@@ -108,6 +109,8 @@ def fathom_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> GpuInfo:
     monkeypatch.setattr(planner, "detect_gpu", lambda: FAKE_GPU)
+    # A CUDA build that supports it; this machine's own llama.cpp is the CPU build.
+    monkeypatch.setattr(gpu_support, "usability_problem", lambda _gpu: None)
     return FAKE_GPU
 
 
@@ -222,6 +225,32 @@ def test_without_a_gpu_everything_runs_on_the_cpu(
     dialog = SettingsDialog(SettingsStore.load())
     qtbot.addWidget(dialog)
     assert dialog.gpu_label.text() == "No GPU detected: models run on the CPU."
+    assert {row[2] for row in _rows(dialog).values()} == {"CPU only"}
+
+
+def test_a_gpu_this_llama_cpp_cannot_use_is_named_and_nothing_promises_it(
+    qtbot, monkeypatch: pytest.MonkeyPatch, models_dir: Path
+) -> None:
+    # This machine's llama.cpp is the CPU build (as the CPU package is on a gaming PC).
+    monkeypatch.setattr(planner, "detect_gpu", lambda: FAKE_GPU)
+    dialog = SettingsDialog(SettingsStore.load())
+    qtbot.addWidget(dialog)
+    assert dialog.gpu_label.text() == (
+        "GPU: Fake RTX 4060. This is the CPU build of Fathom Desktop: models run on the CPU only."
+    )
+    assert {row[2] for row in _rows(dialog).values()} == {"CPU only"}
+
+    # A CUDA build on a GPU older than its kernels: the same, with the reason.
+    monkeypatch.setattr(llama_backend, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(
+        planner,
+        "detect_gpu",
+        lambda: GpuInfo("NVIDIA GeForce GTX 1080", 8 * 2**30, 7 * 2**30, (6, 1), 13000),
+    )
+    monkeypatch.setattr(gpu_support, "current_build", lambda: CudaBuild((750, 860), 13000))
+    dialog = SettingsDialog(SettingsStore.load())
+    qtbot.addWidget(dialog)
+    assert "compute capability 6.1) is older than this build supports" in dialog.gpu_label.text()
     assert {row[2] for row in _rows(dialog).values()} == {"CPU only"}
 
 
