@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from convert.atomic import atomic_output, require_free_space
 from convert.errors import ConversionError
@@ -49,6 +49,13 @@ def is_needed(filename: str) -> bool:
     if "/" in filename:
         return False
     return filename.endswith(WEIGHTS_SUFFIX) or filename in NEEDED_FILES
+
+
+class DownloadStarted(Protocol):
+    """Told once, before any transfer: the needed files' total size, and how much of it is
+    already complete in the destination (so that progress can be shown against the total)."""
+
+    def __call__(self, total_bytes: int, present_bytes: int, /) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -154,15 +161,14 @@ def _existing_download(dest: Path, repo_id: str, revision: str | None) -> Downlo
     return DownloadResult(dest, source, tuple(files), n_bytes)
 
 
-def _missing_bytes(dest: Path, sizes: dict[str, int | None]) -> int:
-    missing = 0
+def _complete_bytes(dest: Path, sizes: dict[str, int | None]) -> int:
+    """Bytes of the files already in `dest` at their expected size (unknown sizes count as 0)."""
+    complete = 0
     for name, size in sizes.items():
         path = dest / name
-        if size is None:
-            continue
-        if not path.is_file() or path.stat().st_size != size:
-            missing += size
-    return missing
+        if size is not None and path.is_file() and path.stat().st_size == size:
+            complete += size
+    return complete
 
 
 def download_checkpoint(
@@ -173,8 +179,13 @@ def download_checkpoint(
     endpoint: str | None = None,
     token: str | None = None,
     show_progress: bool = True,
+    on_start: DownloadStarted | None = None,
 ) -> DownloadResult:
-    """Download the safetensors checkpoint `repo_id` into `dest`; returns the resolved commit."""
+    """Download the safetensors checkpoint `repo_id` into `dest`; returns the resolved commit.
+
+    `on_start` hears the total and already-complete byte counts once the files are known; it is
+    not called when an earlier complete download is reused offline.
+    """
     import huggingface_hub
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
@@ -202,7 +213,11 @@ def download_checkpoint(
             f"fathom-convert needs a Hugging Face transformers checkpoint."
         )
     dest.mkdir(parents=True, exist_ok=True)
-    require_free_space(dest, _missing_bytes(dest, sizes), f"the {repo_id} checkpoint")
+    total = sum(size or 0 for size in sizes.values())
+    complete = _complete_bytes(dest, sizes)
+    require_free_space(dest, total - complete, f"the {repo_id} checkpoint")
+    if on_start is not None:
+        on_start(total, complete)
 
     if show_progress:
         enable_progress_bars()

@@ -9,12 +9,13 @@ and kills its child process, and the download runs in a child process that is ki
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
@@ -38,6 +39,8 @@ UNQUANTIZED_NAME = "BF16"
 # Progress signals are throttled; a GUI repaint per 8 MB chunk would be wasted work.
 PROGRESS_INTERVAL_S = 0.1
 DOWNLOAD_POLL_S = 0.5
+# A time-left estimate from the first seconds' rate would swing wildly; wait for a steadier one.
+TIME_LEFT_AFTER_S = 5.0
 
 
 class JobCancelled(Exception):
@@ -69,15 +72,21 @@ class JobProgress:
             self._last = now
             self._report(self._step, self._done, self._total, message)
 
-    def start(self, step: str, total_bytes: int) -> None:
+    def start(self, step: str, total_bytes: int, done_bytes: int = 0) -> None:
         self._check()
-        self._step, self._done, self._total = step, 0, total_bytes
+        self._step, self._done, self._total = step, done_bytes, total_bytes
         self._emit(force=True)
 
     def advance(self, n_bytes: int) -> None:
         self._check()
         self._done += n_bytes
         self._emit()
+
+    def set_done(self, done_bytes: int, text: str = "") -> None:
+        """For a step that measures how far it is (a download's folder) rather than counting."""
+        self._check()
+        self._done = done_bytes
+        self._emit(text)
 
     def message(self, text: str) -> None:
         self._check()
@@ -171,8 +180,11 @@ def quant_options(config_json: Path, gpu: GpuInfo | None) -> list[QuantOption]:
 def _download_in_child(
     sender: multiprocessing.connection.Connection, repo_id: str, dest: str
 ) -> None:
+    def started(total_bytes: int, present_bytes: int) -> None:
+        sender.send(("total", (total_bytes, present_bytes)))
+
     try:
-        result = download_checkpoint(repo_id, Path(dest), show_progress=False)
+        result = download_checkpoint(repo_id, Path(dest), show_progress=False, on_start=started)
     except ConversionError as error:
         sender.send(("error", str(error)))
     except Exception as error:  # the parent shows one line, never a traceback
@@ -194,13 +206,72 @@ def _folder_bytes(folder: Path) -> int:
     return total
 
 
+@dataclass
+class _DownloadMeter:
+    """Reads how far a download is from its folder's size, and estimates the time left.
+
+    The folder also holds what the transfer does not add to (huggingface-hub's metadata, partial
+    files a killed earlier run left behind), so only its growth since the start counts.
+    """
+
+    total: int
+    present: int  # bytes of needed files already complete at the start
+    baseline: int  # the folder's size at the start
+    started: float = field(default_factory=time.monotonic)
+    done: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.done = min(self.present, self.total)
+
+    def update(self, folder_bytes: int) -> int:
+        # Never backwards: a replaced stale file shrinks the folder for a moment.
+        grown = max(0, folder_bytes - self.baseline)
+        self.done = max(self.done, min(self.total, self.present + grown))
+        return self.done
+
+    def time_left(self) -> str:
+        """A rough estimate from the rate since the start; empty until that rate means much."""
+        elapsed = time.monotonic() - self.started
+        fetched = self.done - self.present
+        if elapsed < TIME_LEFT_AFTER_S or fetched <= 0:
+            return ""
+        return _time_left_text((self.total - self.done) * elapsed / fetched)
+
+
+def _time_left_text(seconds: float) -> str:
+    if seconds < 60:
+        return "less than a minute left"
+    minutes = math.ceil(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min left"
+    return f"about {minutes // 60} h {minutes % 60:02d} min left"
+
+
+def _remove_partial_files(dest: Path, since: float) -> None:
+    """Delete the partial file(s) of a killed child's transfer.
+
+    huggingface-hub (2.x) writes each transfer to a uniquely named `*.incomplete` file under
+    dest/.cache/huggingface/download and never resumes it, so a killed transfer would leave up
+    to a whole shard (gigabytes for Fathom) behind at every Cancel. Only files written since this
+    run started are ours to remove.
+    """
+    partial_dir = dest / ".cache" / "huggingface" / "download"
+    for partial in partial_dir.rglob("*.incomplete") if partial_dir.is_dir() else ():
+        try:
+            if partial.stat().st_mtime >= since - 1:
+                partial.unlink()
+        except OSError:
+            continue
+
+
 def download_folder(
     repo_id: str, dest: Path, progress: JobProgress, cancel: threading.Event
 ) -> Path:
     """Download a checkpoint in a child process, so that Cancel can stop it at once.
 
-    huggingface-hub keeps finished files and resumes partial ones, so a later Download picks up
-    where a cancelled one stopped.
+    The child reports the needed files' total before transferring; from then on the folder's
+    growth is progress against it. huggingface-hub keeps finished files, so a later Download
+    fetches only what a cancelled one had not finished.
     """
     if not looks_like_repo_id(repo_id):
         raise ValueError(f"{repo_id!r} is not a Hugging Face repo id like {DEFAULT_REPO}.")
@@ -208,24 +279,37 @@ def download_folder(
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_download_in_child, args=(sender, repo_id, str(dest)), daemon=True)
-    progress.start(f"Downloading {repo_id}", 0)
+    step = f"Downloading {repo_id}"
+    started = time.time()
+    progress.start(step, 0)
     child.start()
     sender.close()
     outcome: tuple[str, str] | None = None
+    meter: _DownloadMeter | None = None
     try:
         while outcome is None:
             if cancel.is_set():
                 raise JobCancelled("Download cancelled; finished files are kept for next time.")
             if receiver.poll(DOWNLOAD_POLL_S):
                 try:
-                    outcome = receiver.recv()
+                    kind, payload = receiver.recv()
                 except EOFError:
                     break
+                if kind == "total":
+                    total, present = payload
+                    meter = _DownloadMeter(total, present, _folder_bytes(dest))
+                    progress.start(step, total, meter.done)
+                else:
+                    outcome = (kind, payload)
+            elif meter is not None:
+                progress.set_done(meter.update(_folder_bytes(dest)), meter.time_left())
             elif dest.exists():
                 progress.message(f"{human_size(_folder_bytes(dest))} downloaded")
     finally:
         if child.is_alive() and outcome is None:
             child.kill()
+            child.join()
+            _remove_partial_files(dest, since=started)
         child.join()
         receiver.close()
     if outcome is None:
@@ -233,6 +317,7 @@ def download_folder(
     kind, text = outcome
     if kind == "error":
         raise RuntimeError(text)
+    progress.finish()
     return Path(text)
 
 

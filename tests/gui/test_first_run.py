@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +16,16 @@ import pytest
 from fathom_desktop import paths
 from fathom_desktop.engine import gpu_support, planner
 from fathom_desktop.engine.planner import GpuInfo
+from fathom_desktop.gui import first_run_steps
 from fathom_desktop.gui.first_run import FirstRunDialog, Page
-from fathom_desktop.gui.first_run_steps import JobCancelled, JobProgress, convert_folder
+from fathom_desktop.gui.first_run_steps import (
+    JobCancelled,
+    JobProgress,
+    convert_folder,
+    download_folder,
+)
+from fathom_desktop.gui.model_list import human_size
+from tests.convert.fake_hub import REPO, FakeHub, needed_bytes, repo_files, serve_fake_hub
 from tests.gui.test_settings_dialog import write_model_header
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -52,6 +64,20 @@ def dialog(qtbot) -> FirstRunDialog:
     d.resize(640, 420)
     d.show()
     return d
+
+
+@pytest.fixture
+def slow_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A fake Hub on 127.0.0.1 for the download's child process. Both shards come slowly (about
+    3 s each): huggingface-hub writes in 10 MB chunks, so a test shard lands all at once, and
+    progress is seen mid-download only between the two."""
+    with serve_fake_hub(monkeypatch, REPO, repo_files()) as hub:
+        for name in hub.files:
+            if name.endswith(".safetensors"):
+                hub.faults[name] = "slow"
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # conftest's 1 would reach the child
+        yield hub
 
 
 def _shot(widget: FirstRunDialog, name: str) -> None:
@@ -161,6 +187,87 @@ def test_download_without_a_network_says_so(
     qtbot.waitUntil(lambda: not dialog.job_running(), timeout=JOB_TIMEOUT_MS)
     assert "no network connection" in dialog.error_text()
     assert "\n" not in dialog.error_text()
+
+
+def test_download_reports_progress_against_the_total(
+    slow_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(first_run_steps, "TIME_LEFT_AFTER_S", 0.0)
+    reports: list[tuple[str, int, int, str]] = []
+    cancel = threading.Event()
+    progress = JobProgress(lambda *report: reports.append(report), cancel)
+    dest = tmp_path / "ckpt"
+    assert download_folder(REPO, dest, progress, cancel) == dest
+
+    total = needed_bytes(slow_hub.files)
+    determinate = [r for r in reports if r[2] > 0]
+    assert determinate and {r[2] for r in determinate} == {total}
+    done = [r[1] for r in determinate]
+    assert done == sorted(done)
+    assert reports[-1] == (f"Downloading {REPO}", total, total, "")
+    midway = [r for r in determinate if 0 < r[1] < total]
+    assert midway, reports
+    assert any(re.fullmatch(r"about \d+ min left|less than a minute left", r[3]) for r in midway)
+
+
+def test_cancel_stops_a_download_and_keeps_the_finished_files(
+    slow_hub: FakeHub, tmp_path: Path
+) -> None:
+    cancel = threading.Event()
+    dest = tmp_path / "ckpt"
+    partial_dir = dest / ".cache" / "huggingface" / "download"
+    # Another program's partial file, older than this run: not ours to delete.
+    partial_dir.mkdir(parents=True)
+    foreign = partial_dir / "other.incomplete"
+    foreign.write_bytes(b"x")
+    os.utime(foreign, (time.time() - 3600, time.time() - 3600))
+    seen_partial: list[Path] = []
+
+    def report(step: str, done: int, total: int, message: str) -> None:
+        # A shard is on its way: its partial file exists.
+        ours = [p for p in partial_dir.rglob("*.incomplete") if p != foreign]
+        if 0 < done < total and ours:
+            seen_partial.extend(ours)
+            cancel.set()
+
+    with pytest.raises(JobCancelled, match="finished files are kept"):
+        download_folder(REPO, dest, JobProgress(report, cancel), cancel)
+    assert (dest / "config.json").read_bytes() == slow_hub.files["config.json"]
+    assert list(dest.glob("*.safetensors")) == []
+    # huggingface-hub never resumes a killed transfer's file: it must not stay behind.
+    assert seen_partial and not any(p.exists() for p in seen_partial)
+    assert foreign.exists()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (42, "less than a minute left"),
+        (61, "about 2 min left"),
+        (90 * 60, "about 1 h 30 min left"),
+    ],
+)
+def test_time_left_reads_naturally(seconds: float, text: str) -> None:
+    assert first_run_steps._time_left_text(seconds) == text
+
+
+def test_download_shows_how_much_of_the_total_is_done(
+    dialog: FirstRunDialog, qtbot, slow_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    converted: list[Path] = []
+    monkeypatch.setattr(dialog, "convert_checkpoint_folder", converted.append)
+    dialog.download_button.click()
+    dialog.start_download()
+    of_total = f" of {human_size(needed_bytes(slow_hub.files))}"
+    bar = dialog.progress_bar
+    qtbot.waitUntil(
+        lambda: of_total in dialog.detail_label.text() and 0 < bar.value() < bar.maximum(),
+        timeout=JOB_TIMEOUT_MS,
+    )
+    assert re.search(r"\d+%", bar.text())
+    _shot(dialog, "first_run_downloading.png")
+    qtbot.waitUntil(lambda: not dialog.job_running(), timeout=JOB_TIMEOUT_MS)
+    assert converted == [paths.data_dir() / "checkpoints" / REPO.replace("/", "--")]
 
 
 def test_a_bad_repo_id_is_refused(dialog: FirstRunDialog, qtbot) -> None:
