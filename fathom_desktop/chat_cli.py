@@ -499,10 +499,10 @@ def _diagnostics(args: argparse.Namespace) -> int:
         else f"gpu: {gpu.name}, {gpu.free_bytes / 2**30:.1f} GiB free "
         f"of {gpu.total_bytes / 2**30:.1f} GiB",
     ]
-    if gpu is not None and llama_backend.gpu_offload_supported():
-        from fathom_desktop.engine.gpu_support import current_build, gpu_problem
+    if gpu is not None:
+        from fathom_desktop.engine.gpu_support import usability_problem
 
-        lines.append(f"gpu support: {gpu_problem(gpu, current_build()) or 'ok'}")
+        lines.append(f"gpu support: {usability_problem(gpu) or 'ok'}")
     if args.model is not None:
         info = check_model_file(args.model)
         profile = profile_from_model_file(

@@ -115,10 +115,12 @@ def _backend_name() -> str:
     from fathom_desktop.engine.errors import BackendUnavailableError
 
     try:
-        from fathom_desktop.engine import llama_backend
+        from fathom_desktop.engine.gpu_support import current_build  # loads llama.cpp
+
+        build = current_build()
     except BackendUnavailableError as error:
         raise SelfTestFailure(Step.BACKEND, str(error)) from None
-    return "CUDA" if llama_backend.gpu_offload_supported() else "CPU"
+    return "CUDA" if build.archs else "CPU"
 
 
 def check_reply(finished: Finished, probe: Probe) -> str:

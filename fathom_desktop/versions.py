@@ -57,7 +57,11 @@ def _llama() -> tuple[str, Backend, str]:
     except ImportError as error:  # llama-cpp-python itself is not installed
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         return "?", Backend.UNAVAILABLE, reason
-    backend = Backend.CUDA if llama_backend.gpu_offload_supported() else Backend.CPU
+    from fathom_desktop.engine.gpu_support import current_build
+
+    # What the library was built for, not whether a GPU answered: a CUDA build on a machine
+    # whose CUDA did not start is still the CUDA build (and its details say why it runs on CPU).
+    backend = Backend.CUDA if current_build().archs else Backend.CPU
     return llama_backend.library_version(), backend, llama_backend.system_info()
 
 

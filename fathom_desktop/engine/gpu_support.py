@@ -112,9 +112,17 @@ CPU_BUILD = "This is the CPU build of Fathom Desktop: models run on the CPU only
 
 
 def usability_problem(gpu: GpuInfo) -> str | None:
-    """gpu_problem for the llama.cpp installed here, a CPU build included."""
+    """Why the llama.cpp installed here will not use `gpu`, or None if it will.
+
+    A CUDA build whose CUDA failed to start (llama.cpp then reports no GPU offload at all) is
+    told apart from a CPU build by the architectures it was compiled for.
+    """
     from fathom_desktop.engine import llama_backend
 
-    if not llama_backend.gpu_offload_supported():
+    build = current_build()
+    if not build.archs:
         return CPU_BUILD
-    return gpu_problem(gpu, current_build())
+    problem = gpu_problem(gpu, build)
+    if problem is None and not llama_backend.gpu_offload_supported():
+        problem = f"CUDA could not start on the {gpu.name}; running on the CPU."
+    return problem

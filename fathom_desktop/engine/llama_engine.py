@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from fathom_desktop.engine import gpu_support
 from fathom_desktop.engine import llama_backend as backend
 from fathom_desktop.engine.chat_template import ChatTemplate
 from fathom_desktop.engine.consensus import ConsensusResult, consensus
@@ -26,7 +27,6 @@ from fathom_desktop.engine.errors import (
 )
 from fathom_desktop.engine.generation import Reply, ReplySetup
 from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
-from fathom_desktop.engine.gpu_support import current_build, gpu_problem
 from fathom_desktop.engine.native import llama_cpp
 from fathom_desktop.engine.planner import detect_gpu, profile_from_model_file
 from fathom_desktop.engine.reasoning import THINK_CLOSE, prompt_opens_reasoning
@@ -126,18 +126,20 @@ class LlamaEngine:
             wanted = n_layers if options.n_gpu_layers < 0 else min(options.n_gpu_layers, n_layers)
             if wanted == 0:
                 return 0
-        if not gpu_supported:
+        cuda_build = bool(gpu_support.current_build().archs)
+        if not cuda_build:
             if wanted:
                 notes.append("This llama-cpp-python build has no GPU offload; running on the CPU.")
             return 0
         gpu = detect_gpu()
         if gpu is None:
-            if wanted is not None:
+            if gpu_supported and wanted is not None:
                 return wanted  # the user's choice; NVML may be missing while CUDA works
             notes.append("No NVIDIA GPU found; running on the CPU.")
             return 0
         # Checked for the user's own layer count too: an unsupported GPU aborts the process.
-        problem = gpu_problem(gpu, current_build())
+        # A CUDA build whose CUDA did not start (an old driver) reports no offload at all.
+        problem = gpu_support.usability_problem(gpu)
         if problem is not None:
             notes.append(problem)
             return 0

@@ -22,10 +22,26 @@ NO_DRIVER = (
 )
 
 
+def _chain(error: BaseException | None):
+    """The error and the ones it was raised from or while handling, outermost first."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def explain(error: BaseException) -> str:
-    """One line saying why llama.cpp's library did not load and what to do about it."""
+    """One line saying why llama.cpp's library did not load and what to do about it.
+
+    In the packaged app PyInstaller's ctypes hook replaces the loader's message with "Failed to
+    load dynlib/dll ... not found when the application was frozen", which is wrong for a missing
+    driver; the loader's own OSError is still in the exception chain, so the whole chain is read.
+    """
     text = " ".join(str(error).split()) or type(error).__name__
-    missing = _MISSING_LIBRARY.search(text)
+    missing = next(
+        (found for e in _chain(error) if (found := _MISSING_LIBRARY.search(str(e)))), None
+    )
     if missing is None:
         return f"llama.cpp could not be loaded: {text}"
     library = missing.group(1)

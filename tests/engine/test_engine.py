@@ -12,7 +12,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from fathom_desktop.engine import LlamaEngine, llama_backend
+from fathom_desktop.engine import LlamaEngine, gpu_support, llama_backend
 from fathom_desktop.engine.errors import (
     ModelFileError,
     ModelLoadError,
@@ -20,6 +20,7 @@ from fathom_desktop.engine.errors import (
     PromptTooLongError,
     SettingsError,
 )
+from fathom_desktop.engine.gpu_support import CudaBuild
 from fathom_desktop.engine.llama_engine import REASONING_CLOSER
 from fathom_desktop.engine.types import (
     ChatMessage,
@@ -368,6 +369,7 @@ def test_gpu_out_of_memory_retries_with_fewer_layers(
         return real_open(params)
 
     monkeypatch.setattr(llama_backend, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(gpu_support, "current_build", lambda: CudaBuild((860,), 13000))
     monkeypatch.setattr(llama_backend, "open_llama", open_with_small_gpu)
     engine = LlamaEngine()
     report = engine.load(LoadOptions(tiny_gguf_f32, n_ctx=256, n_gpu_layers=3))

@@ -16,11 +16,12 @@ from fathom_desktop.engine.llama_engine import LlamaEngine
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.engine.types import LoadOptions
 
-# llama.cpp's system info for a CUDA build made with its default architecture list.
+# llama.cpp's system info as a CUDA build reports it (the format seen from packaging/
+# cuda-backend.sh's build), here with llama.cpp's default architecture list.
 SYSTEM_INFO = (
-    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | OPENMP = 1 | "
-    "REPACK = 1 | CUDA : ARCHS = 750,800,860,890,900,1200 | USE_GRAPHS = 1 | PEER_MAX_BATCH_SIZE"
-    " = 128 | FA_ALL_QUANTS = 0 | "
+    "CUDA : ARCHS = 750,800,860,890,900,1200 | USE_GRAPHS = 1 | FA_QUANTS = q4_0-q4_0,q8_0-q8_0,"
+    "f16-f16,bf16-bf16 | CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | "
+    "BMI2 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |"
 )
 CUDA_13_BUILD = CudaBuild(archs=(750, 800, 860, 890, 900, 1200), runtime_version=13000)
 GIB = 2**30
@@ -103,7 +104,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[llama_backend.OpenParams]:
     monkeypatch.setattr(
         engine_module, "detect_gpu", lambda: gpu("NVIDIA GeForce GTX 1080", (6, 1), 13000)
     )
-    monkeypatch.setattr(engine_module, "current_build", lambda: CUDA_13_BUILD)
+    monkeypatch.setattr(gpu_support, "current_build", lambda: CUDA_13_BUILD)
     return calls
 
 
@@ -125,3 +126,31 @@ def test_a_supported_gpu_gets_the_layers_asked_for(opened, monkeypatch, tiny_ggu
     engine.load(LoadOptions(tiny_gguf_f32, n_ctx=256, n_gpu_layers=3))
     engine.close()
     assert opened[0].n_gpu_layers == 3
+
+
+def test_a_cuda_build_whose_cuda_did_not_start_says_so_instead_of_cpu_build(
+    opened, monkeypatch, tiny_gguf_f32
+) -> None:
+    # An RTX 3060 on a driver for CUDA 12.4 with the CUDA 13 package: CUDA fails to start and
+    # llama.cpp then reports no GPU offload at all, as a CPU build would.
+    monkeypatch.setattr(llama_backend, "gpu_offload_supported", lambda: False)
+    monkeypatch.setattr(
+        engine_module, "detect_gpu", lambda: gpu("NVIDIA GeForce RTX 3060", (8, 6), 12040)
+    )
+    engine = LlamaEngine()
+    report = engine.load(LoadOptions(tiny_gguf_f32, n_ctx=256))
+    engine.close()
+    assert report.n_gpu_layers == 0
+    assert any("update the driver (version 580 or newer)" in note for note in report.notes)
+
+    # Same, but the driver is new enough and CUDA still did not start: no false reason.
+    monkeypatch.setattr(
+        engine_module, "detect_gpu", lambda: gpu("NVIDIA GeForce RTX 3060", (8, 6), 13000)
+    )
+    problem = gpu_support.usability_problem(gpu("NVIDIA GeForce RTX 3060", (8, 6), 13000))
+    assert problem == "CUDA could not start on the NVIDIA GeForce RTX 3060; running on the CPU."
+
+
+def test_the_cpu_build_is_named_as_such(monkeypatch) -> None:
+    monkeypatch.setattr(gpu_support, "current_build", lambda: CudaBuild((), None))
+    assert gpu_support.usability_problem(gpu("RTX 4060", (8, 9), 13000)) == gpu_support.CPU_BUILD

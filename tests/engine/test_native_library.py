@@ -30,6 +30,27 @@ def test_a_missing_driver_is_named_with_the_fix() -> None:
     assert "install the NVIDIA driver, or use the CPU package" in NO_DRIVER
 
 
+def test_the_driver_is_found_behind_pyinstallers_message_in_the_package() -> None:
+    # What the packaged app raises (seen in the unpacked CUDA package on a machine without the
+    # driver): llama_cpp's RuntimeError, raised while handling PyInstaller's ctypes error, raised
+    # from the loader's OSError.
+    class PyInstallerImportError(OSError):
+        pass
+
+    loader = OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
+    frozen = (
+        f"Failed to load dynlib/dll '{LIB}'. Most likely this dynlib/dll was not found when the "
+        "application was frozen."
+    )
+    try:
+        try:
+            raise PyInstallerImportError(frozen) from loader
+        except OSError as e:
+            raise RuntimeError(f"Failed to load shared library '{LIB}': {e}")  # noqa: B904
+    except RuntimeError as error:
+        assert explain(error) == NO_DRIVER
+
+
 def test_a_missing_cuda_runtime_is_named_apart_from_the_driver() -> None:
     error = OSError("libcublasLt.so.13: cannot open shared object file: No such file or directory")
     message = explain(error)
