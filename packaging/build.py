@@ -128,18 +128,32 @@ def check_environment(backend: Backend) -> None:
         raise BuildError("`strip` (binutils) is not installed; apt-get install binutils.")
 
 
-def pyinstaller_env(backend: Backend) -> dict[str, str]:
-    """For CUDA, let PyInstaller's dependency analysis find the toolkit's runtime libraries.
+def cuda_library_dirs(env: dict[str, str]) -> list[Path]:
+    """Where libcudart/libcublas/libcublasLt may live on a build machine, in search order.
 
-    libggml-cuda.so links libcudart/libcublas/libcublasLt by SONAME; a toolkit under
-    /usr/local/cuda is usually not in the loader's default path on a build machine.
+    The toolkit's lib64, or NVIDIA's pip wheels (nvidia-cublas, nvidia-cuda-runtime) under
+    site-packages/nvidia/<pkg>/lib (cu12 wheels) or nvidia/cu13/lib: the toolkit images that
+    ship without cuBLAS leave it to the wheels.
+    """
+    dirs = [Path(env.get("CUDA_HOME", "/usr/local/cuda")) / "lib64"]
+    for site_dir in map(Path, sys.path):
+        nvidia = site_dir / "nvidia"
+        if site_dir.name == "site-packages" and nvidia.is_dir():
+            dirs.extend(sorted(nvidia.glob("*/lib")))
+    return [d for d in dirs if d.is_dir()]
+
+
+def pyinstaller_env(backend: Backend) -> dict[str, str]:
+    """For CUDA, let PyInstaller's dependency analysis find the CUDA runtime libraries.
+
+    libggml-cuda.so links libcudart/libcublas/libcublasLt by SONAME, and neither the toolkit's
+    lib64 nor the pip wheels' folders are in the loader's default path on a build machine.
     """
     env = dict(os.environ)
     if backend is Backend.CUDA:
-        cuda_lib = Path(env.get("CUDA_HOME", "/usr/local/cuda")) / "lib64"
-        if cuda_lib.is_dir():
-            paths = [str(cuda_lib), *filter(None, env.get("LD_LIBRARY_PATH", "").split(":"))]
-            env["LD_LIBRARY_PATH"] = ":".join(paths)
+        paths = [str(d) for d in cuda_library_dirs(env)]
+        paths += [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p]
+        env["LD_LIBRARY_PATH"] = ":".join(paths)
     return env
 
 
@@ -239,6 +253,11 @@ def verify_layout(plan: BuildPlan) -> None:
                 raise BuildError(
                     f"The CUDA package lacks {base}.so; is the CUDA runtime installed?"
                 )
+    # The driver library must come from the user's system, matching their kernel module; a
+    # copy from the build machine (or a link-time stub) would break every GPU but that one.
+    driver = sorted(p.name for p in contents.rglob("libcuda.so*"))
+    if driver:
+        raise BuildError(f"The package carries the NVIDIA driver library {driver[0]}; remove it.")
     dangling = [p for p in folder.rglob("*") if p.is_symlink() and not p.exists()]
     if dangling:
         raise BuildError(f"The package has a broken link: {dangling[0].relative_to(folder)}.")

@@ -126,7 +126,52 @@ def test_a_cuda_package_must_carry_the_cuda_runtime(tmp_path: Path) -> None:
     build.verify_layout(plan)
 
 
+def test_a_package_must_not_carry_the_nvidia_driver(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    _fake_package(plan.folder)
+    (plan.folder / "_internal" / "libcuda.so.1").write_bytes(b"\x7fELF")
+    with pytest.raises(build.BuildError, match="carries the NVIDIA driver library libcuda.so.1"):
+        build.verify_layout(plan)
+
+
+def test_cuda_libraries_are_found_in_the_toolkit_and_in_nvidias_wheels(
+    tmp_path: Path, monkeypatch
+) -> None:
+    toolkit = tmp_path / "cuda" / "lib64"
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    for folder in (toolkit, site / "nvidia" / "cu13" / "lib", site / "nvidia" / "cublas" / "lib"):
+        folder.mkdir(parents=True)
+    monkeypatch.setattr(sys, "path", [str(site), str(tmp_path / "elsewhere")])
+    env = {"CUDA_HOME": str(tmp_path / "cuda"), "LD_LIBRARY_PATH": "/opt/mine"}
+    monkeypatch.setattr(build.os, "environ", env)
+    paths = build.pyinstaller_env(Backend.CUDA)["LD_LIBRARY_PATH"].split(":")
+    assert paths == [
+        str(toolkit),
+        str(site / "nvidia" / "cu13" / "lib"),
+        str(site / "nvidia" / "cublas" / "lib"),
+        "/opt/mine",
+    ]
+    # The CPU package needs none of them.
+    assert build.pyinstaller_env(Backend.CPU)["LD_LIBRARY_PATH"] == "/opt/mine"
+
+
 def test_version_comes_from_the_package() -> None:
     from fathom_desktop import __version__
 
     assert build.app_version() == __version__
+
+
+def test_cuda_backend_script_without_a_toolkit_says_what_to_install(tmp_path: Path) -> None:
+    script = PROJECT_ROOT / "packaging" / "cuda-backend.sh"
+    done = subprocess.run(
+        ["bash", str(script)],
+        env={"PATH": "/usr/bin:/bin", "CUDA_HOME": str(tmp_path / "no-cuda")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"cuda-backend: no nvcc in {tmp_path / 'no-cuda'}/bin; install the CUDA toolkit or set "
+        "CUDA_HOME.\n"
+    )
