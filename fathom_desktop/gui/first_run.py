@@ -402,11 +402,14 @@ class FirstRunDialog(QDialog):
 
     @Slot(str, int, int, str)
     def _on_progress(self, step: str, done: int, total: int, message: str) -> None:
+        # The title above the bar already names a one-step job (a download): say it once.
+        step = "" if step == self.step_label.text() else step
         if total > 0:
             # QProgressBar holds an int; permille keeps 30 GB totals in range.
             self.progress_bar.setRange(0, 1000)
             self.progress_bar.setValue(int(1000 * min(done, total) / total))
-            detail = f"{step}: {human_size(done)} of {human_size(total)}"
+            amount = f"{human_size(done)} of {human_size(total)}"
+            detail = f"{step}: {amount}" if step else amount
         else:
             self.progress_bar.setRange(0, 0)
             detail = step

@@ -265,6 +265,9 @@ def test_download_shows_how_much_of_the_total_is_done(
         timeout=JOB_TIMEOUT_MS,
     )
     assert re.search(r"\d+%", bar.text())
+    # The title names the download once; the line under the bar says how far it is.
+    assert dialog.step_label.text() == f"Downloading {REPO}"
+    assert REPO not in dialog.detail_label.text()
     _shot(dialog, "first_run_downloading.png")
     qtbot.waitUntil(lambda: not dialog.job_running(), timeout=JOB_TIMEOUT_MS)
     assert converted == [paths.data_dir() / "checkpoints" / REPO.replace("/", "--")]
