@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make run` and `make test` (see README.md).
-.PHONY: run test lint system-test-tools
+.PHONY: run test lint system-test-tools package package-cuda
 
 run:
 	@scripts/bootstrap.sh
@@ -19,3 +19,14 @@ system-test-tools:
 
 lint:
 	.venv/bin/ruff check convert fathom_desktop tests bench training packaging
+
+# The packaged app (packaging/README.md): the CPU archive from .venv, the CUDA one from
+# .venv-cuda, which packaging/cuda-backend.sh makes (its compile takes hours on a small machine
+# and is reused while its settings stay the same; CUDA_ARCHS=86 builds one GPU architecture).
+package:
+	@scripts/bootstrap.sh --test
+	.venv/bin/python packaging/build.py
+
+package-cuda:
+	packaging/cuda-backend.sh
+	.venv-cuda/bin/python packaging/build.py --cuda
