@@ -120,7 +120,7 @@ def _backend_name() -> str:
         build = current_build()
     except BackendUnavailableError as error:
         raise SelfTestFailure(Step.BACKEND, str(error)) from None
-    return "CUDA" if build.archs else "CPU"
+    return "CUDA" if build.is_cuda else "CPU"
 
 
 def check_reply(finished: Finished, probe: Probe) -> str:

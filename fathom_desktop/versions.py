@@ -61,7 +61,7 @@ def _llama() -> tuple[str, Backend, str]:
 
     # What the library was built for, not whether a GPU answered: a CUDA build on a machine
     # whose CUDA did not start is still the CUDA build (and its details say why it runs on CPU).
-    backend = Backend.CUDA if current_build().archs else Backend.CPU
+    backend = Backend.CUDA if current_build().is_cuda else Backend.CPU
     return llama_backend.library_version(), backend, llama_backend.system_info()
 
 

@@ -39,6 +39,11 @@ class CudaBuild:
     # The CUDA runtime release the build links: 13000 = CUDA 13.0; None when it cannot be read.
     runtime_version: int | None
 
+    @property
+    def is_cuda(self) -> bool:
+        """Built with the CUDA backend, whether or not CUDA started on this machine."""
+        return bool(self.archs)
+
 
 def parse_archs(system_info: str) -> tuple[int, ...]:
     """The compiled architectures from llama_print_system_info(); () for a CPU build."""
@@ -120,7 +125,7 @@ def usability_problem(gpu: GpuInfo) -> str | None:
     from fathom_desktop.engine import llama_backend
 
     build = current_build()
-    if not build.archs:
+    if not build.is_cuda:
         return CPU_BUILD
     problem = gpu_problem(gpu, build)
     if problem is None and not llama_backend.gpu_offload_supported():

@@ -126,8 +126,7 @@ class LlamaEngine:
             wanted = n_layers if options.n_gpu_layers < 0 else min(options.n_gpu_layers, n_layers)
             if wanted == 0:
                 return 0
-        cuda_build = bool(gpu_support.current_build().archs)
-        if not cuda_build:
+        if not gpu_support.current_build().is_cuda:
             if wanted:
                 notes.append("This llama-cpp-python build has no GPU offload; running on the CPU.")
             return 0
