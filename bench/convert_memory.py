@@ -75,7 +75,7 @@ def write_checkpoint(folder: Path, shape: Qwen2Shape) -> list[Path]:
     """A full-width BF16 checkpoint, streamed to disk from one tiled block of random bits."""
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(qwen2_config(shape, tied=False, dtype="BF16")))
-    tokenizer = PROJECT_ROOT.parent / "shared" / "fixtures" / "r1-distill-qwen-tokenizer"
+    tokenizer = PROJECT_ROOT / "tests" / "fixtures" / "r1-distill-qwen-tokenizer"
     shutil.copyfile(tokenizer / "tokenizer.json", folder / "tokenizer.json")
     shutil.copyfile(tokenizer / ChatTemplate.CURRENT.value, folder / "tokenizer_config.json")
 

@@ -41,8 +41,8 @@ from fathom_desktop.engine.types import (  # noqa: E402
 from training.heldout import held_out_problems  # noqa: E402
 
 LEGACY_TEMPLATE = (
-    PROJECT_ROOT.parent
-    / "shared"
+    PROJECT_ROOT
+    / "tests"
     / "fixtures"
     / "r1-distill-qwen-tokenizer"
     / "tokenizer_config.legacy-template.json"

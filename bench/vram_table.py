@@ -18,7 +18,7 @@ from fathom_desktop.engine.planner import model_memory_profile  # noqa: E402
 from fathom_desktop.engine.types import FATHOM_N_CTX  # noqa: E402
 
 CONFIG = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "fathom-r1-14b" / "config.json"
+    Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fathom-r1-14b" / "config.json"
 )
 LADDER = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "Q2_K"]
 CARDS_GIB = [8, 12, 16, 24]

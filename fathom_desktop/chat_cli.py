@@ -355,8 +355,6 @@ def _one_prompt(engine: Any, args: argparse.Namespace, messages: list[ChatMessag
 
 
 def _one_consensus(engine: Any, args: argparse.Namespace, messages: list[ChatMessage]) -> int:
-    from fathom_desktop.engine.consensus import consensus, normalize_answer
-
     control = GenerationControl()
 
     def progress(index: int, event: StreamEvent) -> None:
@@ -367,17 +365,10 @@ def _one_consensus(engine: Any, args: argparse.Namespace, messages: list[ChatMes
             )
 
     with _ctrl_c_cancels(control):
-        result = consensus(engine, messages, _sampling(args), args.consensus, control, progress)
+        result = engine.consensus(messages, _sampling(args), args.consensus, control, progress)
     if not result.samples:
         raise EngineError("No sample finished, so there is nothing to vote on.")
-    winner = result.samples[0]
-    if result.answer is not None:
-        key = normalize_answer(result.answer)
-        winner = next(
-            s
-            for s, b in zip(result.samples, result.boxed, strict=True)
-            if b is not None and normalize_answer(b) == key
-        )
+    winner = result.winner
     if args.json:
         report = engine.loaded
         _print_json(

@@ -1,4 +1,4 @@
-"""Suite-wide set-up: headless Qt, the shared read-only fixtures, the tiny models."""
+"""Suite-wide set-up: headless Qt, the read-only fixtures in tests/fixtures, the tiny models."""
 
 from __future__ import annotations
 
@@ -18,14 +18,15 @@ os.environ["FATHOM_HOME"] = tempfile.mkdtemp(prefix="fathom-tests-home-")
 import pytest  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures"
+# What the tests read (tokenizer, config, llama.cpp vectors), licences in tests/fixtures/README.md.
+FIXTURE_DIR = PROJECT_ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    if not SHARED_FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures missing at {SHARED_FIXTURES}; the suite needs ../shared")
-    return SHARED_FIXTURES
+def fixture_dir() -> Path:
+    if not FIXTURE_DIR.is_dir():
+        pytest.fail(f"test fixtures missing at {FIXTURE_DIR}")
+    return FIXTURE_DIR
 
 
 # --- Tiny models (owned by the converter; every part's tests may use them) -------------------
@@ -34,7 +35,7 @@ def shared_fixtures() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory, shared_fixtures: Path):
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path):
     """The untied BF16 checkpoint (current template), with its weights for reference checks."""
     from tests.synthetic import ChatTemplate, build_checkpoint
 
@@ -48,7 +49,7 @@ def tiny_checkpoint(tiny_synthetic) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint_legacy(tmp_path_factory: pytest.TempPathFactory, shared_fixtures: Path) -> Path:
+def tiny_checkpoint_legacy(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> Path:
     """The same model with the legacy template (the model writes `<think>` itself)."""
     from tests.synthetic import ChatTemplate, build_checkpoint
 

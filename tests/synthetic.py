@@ -26,7 +26,7 @@ from training.safetensors_io import float32_to_bf16_bits as bf16_bits
 from training.safetensors_io import safetensors_header as safetensors_header
 from training.safetensors_io import write_safetensors
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOKENIZER_DIR = FIXTURES / "r1-distill-qwen-tokenizer"
 FATHOM_CONFIG = FIXTURES / "fathom-r1-14b" / "config.json"
 

@@ -30,11 +30,7 @@ from training.tokenizer import tokenizer_config, train_tokenizer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 R1_TOKENIZER_CONFIG = (
-    PROJECT_ROOT.parent
-    / "shared"
-    / "fixtures"
-    / "r1-distill-qwen-tokenizer"
-    / "tokenizer_config.json"
+    PROJECT_ROOT / "tests" / "fixtures" / "r1-distill-qwen-tokenizer" / "tokenizer_config.json"
 )
 TRAIN_SEED = 1234
 MAX_TOKENS = 384  # longest training sequence kept; single problems need at most ~360

@@ -107,6 +107,16 @@ class ConsensusResult:
     samples: tuple[Finished, ...]
 
     @property
+    def winner(self) -> Finished:
+        """The first sample whose boxed answer won the vote (the first sample when none boxed)."""
+        if self.answer is not None:
+            key = normalize_answer(self.answer)
+            for sample, value in zip(self.samples, self.boxed, strict=True):
+                if value is not None and normalize_answer(value) == key:
+                    return sample
+        return self.samples[0]
+
+    @property
     def agreement(self) -> float:
         """Share of samples that voted for the winner."""
         if self.answer is None or not self.samples:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from fathom_desktop.engine import gpu_support
@@ -266,8 +266,11 @@ class LlamaEngine:
         sampling: SamplingParams,
         k: int,
         control: GenerationControl | None = None,
+        on_event: Callable[[int, StreamEvent], None] | None = None,
+        *,
+        parallel: int | None = None,
     ) -> ConsensusResult:
-        return consensus(self, messages, sampling, k, control)
+        return consensus(self, messages, sampling, k, control, on_event)
 
     def _stream(
         self,

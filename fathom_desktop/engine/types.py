@@ -11,7 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from fathom_desktop.engine.consensus import ConsensusResult
 
 # Fathom-R1-14B's own recommendations (generation_config.json and the model card).
 FATHOM_N_CTX = 16384
@@ -79,6 +84,9 @@ class FinishReason(StrEnum):
 class TextDelta:
     kind: DeltaKind
     text: str
+    # Tokens the engine decoded for this piece of text (the engine merges and holds back text,
+    # so a delta can carry several tokens, or none). Every counter in the window sums these.
+    tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -156,3 +164,18 @@ class ChatEngine(Protocol):
         sampling: SamplingParams,
         control: GenerationControl | None = None,
     ) -> Iterator[StreamEvent]: ...
+
+    def consensus(
+        self,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
+        k: int,
+        control: GenerationControl | None = None,
+        on_event: Callable[[int, StreamEvent], None] | None = None,
+        *,
+        parallel: int | None = None,
+    ) -> ConsensusResult:
+        """Sample `k` replies and vote on their boxed answers; `on_event(sample, event)` sees
+        each sample's stream. `parallel` caps how many samples decode at once (None: the engine
+        chooses)."""
+        ...

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fathom_desktop.engine.consensus import ConsensusResult, consensus
 from fathom_desktop.engine.errors import ModelFileError, ModelNotLoadedError
 from fathom_desktop.engine.types import (
     FATHOM_N_CTX,
@@ -140,6 +141,19 @@ class FakeEngine:
             self.requests.append(list(messages))
         return self._stream(messages, sampling, control)
 
+    def consensus(
+        self,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
+        k: int,
+        control: GenerationControl | None = None,
+        on_event: Callable[[int, StreamEvent], None] | None = None,
+        *,
+        parallel: int | None = None,
+    ) -> ConsensusResult:
+        # One sample after another: the fake has no batch to share.
+        return consensus(self, messages, sampling, k, control, on_event)
+
     # -- the stream ----------------------------------------------------------------------------
 
     def _stream(
@@ -187,7 +201,7 @@ class FakeEngine:
                 first_token_at = first_token_at or time.monotonic()
                 text[kind].append(token)
                 counts[kind] += 1
-                yield TextDelta(kind, token)
+                yield TextDelta(kind, token, tokens=1)
 
         elapsed = max(time.monotonic() - (first_token_at or started), 1e-6)
         generated = sum(counts.values())

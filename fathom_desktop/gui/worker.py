@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
-from fathom_desktop.engine.consensus import ConsensusResult, consensus, normalize_answer
+from fathom_desktop.engine.consensus import ConsensusResult
 from fathom_desktop.engine.errors import EngineError
 from fathom_desktop.engine.types import (
     ChatEngine,
@@ -217,8 +217,7 @@ class EngineWorker(QObject):
             self._save_partial(request, batcher)
 
         assert self._engine is not None
-        result = consensus(
-            self._engine,
+        result = self._engine.consensus(
             request.messages,
             request.sampling,
             request.samples,
@@ -227,7 +226,7 @@ class EngineWorker(QObject):
         )
         if not result.samples:
             raise EngineError("No sample finished, so there is nothing to vote on.")
-        winner = _winning_sample(result)
+        winner = result.winner
         self.generation_done.emit(GenerationDone(request.request_id, winner, result))
 
     def _flush(self, batcher: _Batcher) -> None:
@@ -264,16 +263,6 @@ class EngineWorker(QObject):
                 log.exception("closing the engine failed")
         self.shut_down.emit()
         QThread.currentThread().quit()
-
-
-def _winning_sample(result: ConsensusResult) -> Finished:
-    """The first sample whose boxed answer won the vote (or the first sample if none boxed)."""
-    if result.answer is not None:
-        winner = normalize_answer(result.answer)
-        for sample, value in zip(result.samples, result.boxed, strict=True):
-            if value is not None and normalize_answer(value) == winner:
-                return sample
-    return result.samples[0]
 
 
 class WorkerState(StrEnum):

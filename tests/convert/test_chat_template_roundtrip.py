@@ -40,9 +40,9 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer(shared_fixtures: Path) -> Tokenizer:
+def hf_tokenizer(fixture_dir: Path) -> Tokenizer:
     return Tokenizer.from_file(
-        str(shared_fixtures / "r1-distill-qwen-tokenizer" / "tokenizer.json")
+        str(fixture_dir / "r1-distill-qwen-tokenizer" / "tokenizer.json")
     )
 
 
@@ -55,9 +55,9 @@ def vocab_models() -> Iterator[dict[Path, llama_cpp.Llama]]:
 
 
 def hf_prompt_ids(
-    tokenizer: Tokenizer, shared_fixtures: Path, config_name: str, messages: list[dict]
+    tokenizer: Tokenizer, fixture_dir: Path, config_name: str, messages: list[dict]
 ) -> list[int]:
-    folder = shared_fixtures / "r1-distill-qwen-tokenizer"
+    folder = fixture_dir / "r1-distill-qwen-tokenizer"
     config = json.loads((folder / config_name).read_text(encoding="utf-8"))
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     text = env.from_string(config["chat_template"]).render(
@@ -83,7 +83,7 @@ def llama_prompt_ids(llm: llama_cpp.Llama, messages: list[dict]) -> list[int]:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_prompt_tokens_match(
     request: pytest.FixtureRequest,
-    shared_fixtures: Path,
+    fixture_dir: Path,
     hf_tokenizer: Tokenizer,
     vocab_models: dict[Path, llama_cpp.Llama],
     variant: str,
@@ -94,7 +94,7 @@ def test_prompt_tokens_match(
     gguf_path = request.getfixturevalue(gguf_fixture)
     if gguf_path not in vocab_models:
         vocab_models[gguf_path] = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
-    expected = hf_prompt_ids(hf_tokenizer, shared_fixtures, config_name, messages)
+    expected = hf_prompt_ids(hf_tokenizer, fixture_dir, config_name, messages)
     got = llama_prompt_ids(vocab_models[gguf_path], messages)
     assert got == expected
     assert got[0] == 151646 and got.count(151646) == 1  # one BOS, from the template

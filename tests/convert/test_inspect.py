@@ -16,8 +16,8 @@ from convert.inspect import ChatTemplateVariant, format_info, inspect_gguf, temp
 from tests.convert.test_quantize import write_ladder_model
 
 
-def _template(shared_fixtures: Path, name: str) -> str:
-    config = shared_fixtures / "r1-distill-qwen-tokenizer" / name
+def _template(fixture_dir: Path, name: str) -> str:
+    config = fixture_dir / "r1-distill-qwen-tokenizer" / name
     return json.loads(config.read_text(encoding="utf-8"))["chat_template"]
 
 
@@ -83,9 +83,9 @@ def test_a_model_without_chat_template_is_flagged(tmp_path: Path) -> None:
     assert info.reasoning_tags_ok  # the tags themselves are fine
 
 
-def test_template_variants_of_the_real_r1_templates(shared_fixtures: Path) -> None:
-    current = _template(shared_fixtures, "tokenizer_config.json")
-    legacy = _template(shared_fixtures, "tokenizer_config.legacy-template.json")
+def test_template_variants_of_the_real_r1_templates(fixture_dir: Path) -> None:
+    current = _template(fixture_dir, "tokenizer_config.json")
+    legacy = _template(fixture_dir, "tokenizer_config.legacy-template.json")
     assert template_variant(current, "<｜begin▁of▁sentence｜>") is ChatTemplateVariant.OPENS_THINK
     assert template_variant(legacy) is ChatTemplateVariant.MODEL_OPENS_THINK
     assert template_variant(None) is ChatTemplateVariant.ABSENT

@@ -42,9 +42,9 @@ F32_CACHE = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F3
 
 
 @pytest.fixture(scope="module")
-def prompt_ids(shared_fixtures: Path) -> list[list[int]]:
+def prompt_ids(fixture_dir: Path) -> list[list[int]]:
     tokenizer = Tokenizer.from_file(
-        str(shared_fixtures / "r1-distill-qwen-tokenizer" / "tokenizer.json")
+        str(fixture_dir / "r1-distill-qwen-tokenizer" / "tokenizer.json")
     )
     return [tokenizer.encode(p).ids for p in PROMPTS]
 

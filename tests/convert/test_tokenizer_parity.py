@@ -39,8 +39,8 @@ WITH_SPECIAL_TOKENS = [
 ]
 
 
-def llama_cpp_vectors(shared_fixtures: Path) -> Iterator[tuple[str, list[int]]]:
-    folder = shared_fixtures / "tokenizer-vectors"
+def llama_cpp_vectors(fixture_dir: Path) -> Iterator[tuple[str, list[int]]]:
+    folder = fixture_dir / "tokenizer-vectors"
     inputs = (folder / "qwen2.inp").read_text(encoding="utf-8").split(VECTOR_SEPARATOR)
     outputs = (folder / "qwen2.out").read_text(encoding="utf-8").split("\n")
     assert inputs[-1] == "" and outputs[-1] == ""  # each file ends with its separator
@@ -54,9 +54,9 @@ def open_vocab(path: Path) -> llama_cpp.Llama:
 
 
 @pytest.fixture(scope="module")
-def hf(shared_fixtures: Path) -> Tokenizer:
+def hf(fixture_dir: Path) -> Tokenizer:
     return Tokenizer.from_file(
-        str(shared_fixtures / "r1-distill-qwen-tokenizer" / "tokenizer.json")
+        str(fixture_dir / "r1-distill-qwen-tokenizer" / "tokenizer.json")
     )
 
 
@@ -68,9 +68,9 @@ def llama(tiny_gguf_bf16: Path) -> Iterator[llama_cpp.Llama]:
     model.close()
 
 
-def test_llama_cpp_test_vectors(hf: Tokenizer, llama: llama_cpp.Llama, shared_fixtures) -> None:
+def test_llama_cpp_test_vectors(hf: Tokenizer, llama: llama_cpp.Llama, fixture_dir) -> None:
     mismatches = []
-    for text, expected in llama_cpp_vectors(shared_fixtures):
+    for text, expected in llama_cpp_vectors(fixture_dir):
         ours = llama.tokenize(text.encode(), add_bos=False, special=False)
         theirs = hf.encode(text, add_special_tokens=False).ids
         if not ours == theirs == expected:
@@ -133,7 +133,7 @@ def test_qwen2_and_deepseek_r1_qwen_pre_tokenizers_agree(
     tiny_checkpoint: Path,
     llama: llama_cpp.Llama,
     tmp_path_factory: pytest.TempPathFactory,
-    shared_fixtures: Path,
+    fixture_dir: Path,
 ) -> None:
     """The same vocabulary under tokenizer.ggml.pre = "qwen2" tokenizes identically.
 
@@ -147,7 +147,7 @@ def test_qwen2_and_deepseek_r1_qwen_pre_tokenizers_agree(
     as_qwen2 = open_vocab(out)
     try:
         assert as_qwen2.metadata["tokenizer.ggml.pre"] == "qwen2"
-        texts = [t for t, _ in llama_cpp_vectors(shared_fixtures)] + MATH_AND_MIXED
+        texts = [t for t, _ in llama_cpp_vectors(fixture_dir)] + MATH_AND_MIXED
         for text in texts:
             assert as_qwen2.tokenize(text.encode(), special=False) == llama.tokenize(
                 text.encode(), special=False

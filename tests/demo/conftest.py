@@ -20,13 +20,13 @@ def demo_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_gguf_legacy(tmp_path_factory: pytest.TempPathFactory, shared_fixtures: Path) -> Path:
+def demo_gguf_legacy(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> Path:
     """The same weights with R1's legacy template, as some real checkpoints ship."""
     from fathom_desktop.demo import demo_checkpoint, ensure_demo_model
 
     folder = tmp_path_factory.mktemp("legacy") / "fathom-tiny"
     shutil.copytree(demo_checkpoint(), folder)
-    legacy = shared_fixtures / "r1-distill-qwen-tokenizer" / "tokenizer_config.legacy-template.json"
+    legacy = fixture_dir / "r1-distill-qwen-tokenizer" / "tokenizer_config.legacy-template.json"
     shutil.copyfile(legacy, folder / "tokenizer_config.json")
     return ensure_demo_model(checkpoint=folder, directory=tmp_path_factory.mktemp("legacy-models"))
 

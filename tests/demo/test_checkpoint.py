@@ -45,10 +45,10 @@ def test_architecture_is_fathoms_qwen2(checkpoint: Path) -> None:
     assert {info["dtype"] for k, info in header.items() if k != "__metadata__"} == {"BF16"}
 
 
-def test_chat_template_is_r1s_current_one(checkpoint: Path, shared_fixtures: Path) -> None:
+def test_chat_template_is_r1s_current_one(checkpoint: Path, fixture_dir: Path) -> None:
     ours = json.loads((checkpoint / "tokenizer_config.json").read_text(encoding="utf-8"))
     r1 = json.loads(
-        (shared_fixtures / "r1-distill-qwen-tokenizer" / "tokenizer_config.json").read_text(
+        (fixture_dir / "r1-distill-qwen-tokenizer" / "tokenizer_config.json").read_text(
             encoding="utf-8"
         )
     )

@@ -13,7 +13,7 @@ SMALL_CTX = 512  # a full 16k context would allocate far more than these tests n
 
 
 @pytest.fixture(scope="session")
-def wide_head_gguf(tmp_path_factory: pytest.TempPathFactory, shared_fixtures: Path) -> Path:
+def wide_head_gguf(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> Path:
     """A tiny Qwen2 whose head size (32) suits a q8_0/q4_0 KV cache (blocks of 32)."""
     shape = TinyShape(n_embd=64, n_ff=128, n_layers=2, n_head=2, n_head_kv=1)
     return write_tiny_qwen2(tmp_path_factory.mktemp("wide") / "wide-head.gguf", shape=shape)

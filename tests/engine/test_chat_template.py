@@ -15,9 +15,9 @@ from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, ChatMessage
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 
 
-def template(shared_fixtures: Path, legacy: bool) -> ChatTemplate:
+def template(fixture_dir: Path, legacy: bool) -> ChatTemplate:
     name = "tokenizer_config.legacy-template.json" if legacy else "tokenizer_config.json"
-    config = json.loads((shared_fixtures / "r1-distill-qwen-tokenizer" / name).read_text("utf-8"))
+    config = json.loads((fixture_dir / "r1-distill-qwen-tokenizer" / name).read_text("utf-8"))
     return ChatTemplate(config["chat_template"], bos_token=BOS, eos_token=EOS)
 
 
@@ -29,8 +29,8 @@ CHAT = [
 ]
 
 
-def test_current_template_opens_the_reasoning(shared_fixtures: Path):
-    prompt = template(shared_fixtures, legacy=False).render(CHAT)
+def test_current_template_opens_the_reasoning(fixture_dir: Path):
+    prompt = template(fixture_dir, legacy=False).render(CHAT)
     assert prompt == (
         f"{BOS}You are terse.<｜User｜>2+2?<｜Assistant｜>4{EOS}"
         "<｜User｜>3+4?<｜Assistant｜><think>\n"
@@ -38,8 +38,8 @@ def test_current_template_opens_the_reasoning(shared_fixtures: Path):
     assert prompt_opens_reasoning(prompt)
 
 
-def test_legacy_template_leaves_the_opening_to_the_model(shared_fixtures: Path):
-    prompt = template(shared_fixtures, legacy=True).render(CHAT)
+def test_legacy_template_leaves_the_opening_to_the_model(fixture_dir: Path):
+    prompt = template(fixture_dir, legacy=True).render(CHAT)
     assert prompt.endswith("<｜User｜>3+4?<｜Assistant｜>")
     assert not prompt_opens_reasoning(prompt)
     assert "two and two" not in prompt

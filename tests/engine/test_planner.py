@@ -21,8 +21,8 @@ LADDER = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "Q2_K"]
 
 
 @pytest.fixture(scope="module")
-def fathom_config(shared_fixtures: Path) -> dict:
-    return json.loads((shared_fixtures / "fathom-r1-14b" / "config.json").read_text("utf-8"))
+def fathom_config(fixture_dir: Path) -> dict:
+    return json.loads((fixture_dir / "fathom-r1-14b" / "config.json").read_text("utf-8"))
 
 
 def test_kv_cache_follows_the_formula(fathom_config: dict):

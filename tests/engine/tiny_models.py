@@ -14,12 +14,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-TOKENIZER_DIR = (
-    Path(__file__).resolve().parents[2].parent
-    / "shared"
-    / "fixtures"
-    / ("r1-distill-qwen-tokenizer")
-)
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "r1-distill-qwen-tokenizer"
 VOCAB_SIZE = 152064  # Fathom's config.json: padded beyond the tokenizer's 151,665 tokens
 
 
