@@ -8,6 +8,7 @@ is how the tests and a portable install keep the user's real folders untouched.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import os
 import sys
 import tempfile
@@ -69,7 +70,8 @@ def resources_dir() -> Path:
     bundle = getattr(sys, "_MEIPASS", None)
     if getattr(sys, "frozen", False) and bundle:
         return Path(bundle) / "resources"
-    return Path(__file__).resolve().parents[1] / "resources"
+    # Installed (wheel or editable), resources/ is the package fathom_desktop.resources (setup.py).
+    return Path(str(importlib.resources.files("fathom_desktop.resources")))
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -1,0 +1,1 @@
+"""The read-only files Fathom Desktop ships, installed as the package fathom_desktop.resources."""
