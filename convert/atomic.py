@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from convert.errors import ConversionError
+from convert.units import human_size
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -51,6 +52,6 @@ def require_free_space(directory: Path, needed_bytes: int, what: str) -> None:
     # 64 MiB of slack for metadata, alignment and the filesystem's own needs.
     if free < needed_bytes + (64 << 20):
         raise ConversionError(
-            f"Not enough disk space for {what}: needs {needed_bytes / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB free in {probe}."
+            f"Not enough disk space for {what}: needs {human_size(needed_bytes + (64 << 20))}, "
+            f"{human_size(free)} free in {probe}."
         )

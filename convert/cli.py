@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import NoReturn
 
 from convert.errors import ConversionError
-from convert.inspect import human_size
 from convert.progress import TqdmProgress
 from convert.quantize import (
     FATHOM_R1_14B_PARAMS,
@@ -34,6 +33,7 @@ from convert.quantize import (
     output_name,
     quant_type,
 )
+from convert.units import human_size
 
 PROG = "fathom-convert"
 EXIT_ERROR = 1

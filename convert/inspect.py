@@ -20,6 +20,7 @@ import numpy as np
 
 from convert.errors import ConversionError
 from convert.gguf_header import GgufFormatError, GgufHeader, file_type_name, read_gguf_header
+from convert.units import human_size
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -207,15 +208,6 @@ def inspect_gguf(path: Path) -> GgufInfo:
         n_tensors=len(f.tensors),
         problems=problems,
     )
-
-
-def human_size(n: float) -> str:
-    """Decimal units, as disk sizes are sold: 8_990_000_000 -> "8.99 GB"."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def _human_count(n: int) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from tqdm import tqdm
@@ -66,26 +65,3 @@ class TqdmProgress:
             self._bar.close()
             self._bar = None
 
-
-class CallbackProgress:
-    """Adapts the protocol to one GUI callback `(step, done_bytes, total_bytes, message)`."""
-
-    def __init__(self, callback: Callable[[str, int, int, str], None]) -> None:
-        self._callback = callback
-        self._step = ""
-        self._done = 0
-        self._total = 0
-
-    def start(self, step: str, total_bytes: int) -> None:
-        self._step, self._done, self._total = step, 0, total_bytes
-        self._callback(step, 0, total_bytes, "")
-
-    def advance(self, n_bytes: int) -> None:
-        self._done += n_bytes
-        self._callback(self._step, self._done, self._total, "")
-
-    def message(self, text: str) -> None:
-        self._callback(self._step, self._done, self._total, text)
-
-    def finish(self) -> None:
-        pass

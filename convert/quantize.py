@@ -35,6 +35,7 @@ from convert.atomic import atomic_output, require_free_space
 from convert.errors import ConversionError
 from convert.gguf_header import GgufFormatError, GgufTensor, file_type_name, read_gguf_header
 from convert.inspect import open_gguf
+from convert.llama_log import LevelTracker, LogLevel
 from convert.progress import NullProgress, Progress
 
 
@@ -186,8 +187,6 @@ def estimate_output_bytes(summary: GgufSummary, quant: QuantType) -> int:
 
 # --- llama.cpp's log ------------------------------------------------------------------------
 
-# ggml_log_level: NONE 0, INFO 1, WARN 2, ERROR 3, DEBUG 4, CONT 5 (continues a message).
-LOG_ERROR = 3
 
 
 @contextlib.contextmanager
@@ -304,8 +303,10 @@ class _LogReader:
         self.errors: list[str] = []
         self.fallbacks: list[Fallback] = []
         self.tensor_types: dict[str, str] = {}
+        self._levels = LevelTracker()
 
     def feed(self, level: int, text: str) -> None:
+        level = self._levels.resolve(level)
         self._partial += text
         while "\n" in self._partial:
             line, self._partial = self._partial.split("\n", 1)
@@ -320,7 +321,7 @@ class _LogReader:
         if not line:
             return
         self.lines.append(line)
-        if level == LOG_ERROR and not line.startswith("="):
+        if level == LogLevel.ERROR and not line.startswith("="):
             self.errors.append(line)
         if m := _FALLBACK.search(line):
             cols, block = int(m.group(2)), int(m.group(3))
@@ -341,8 +342,16 @@ class _LogReader:
         return self.lines[-1] if self.lines else "no reason given"
 
 
-def _explain(reason: str, quant: QuantType) -> str:
+def _explain(reason: str, quant: QuantType, out_path: Path | None = None) -> str:
     """llama.cpp's terse reasons, in the user's terms where we know what they mean."""
+    # The quantizer reads and writes through C++ streams, which report any failed read or write
+    # (a full disk, a quota, a file-size limit, a vanished input) only as this.
+    if "basic_ios::clear" in reason or "iostream error" in reason:
+        where = f" to {out_path.parent}" if out_path is not None else ""
+        return (
+            f"reading the input or writing the output{where} failed; check that the folder has "
+            f"room for the file and accepts files that large, and that the input is still there"
+        )
     if "requires an imatrix" in reason or "Missing importance matrix" in reason:
         return (
             f"{quant.name} needs an importance matrix (imatrix), which fathom-convert does not "
@@ -431,7 +440,7 @@ def quantize(
         if rc != 0:
             raise ConversionError(
                 f"Quantizing {input_path.name} to {quant.name} failed: "
-                f"{_explain(log.failure_reason(), quant)}."
+                f"{_explain(log.failure_reason(), quant, out_path)}."
             )
         _check_output(tmp, out_path, summary)
     return QuantizeResult(

@@ -14,9 +14,12 @@ one. Both steps write atomically: an interrupted first run leaves nothing that l
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
+from convert.atomic import partial_path
 from convert.errors import ConversionError
 from convert.progress import NullProgress, Progress
 from fathom_desktop.paths import models_dir, resources_dir
@@ -91,15 +94,48 @@ def ensure_demo_model(
         return target
     progress = progress or NullProgress()
     directory.mkdir(parents=True, exist_ok=True)
+    if not _remove_abandoned_scratch(directory):
+        # No other run is making the demo: a partial output can only be a killed run's.
+        partial_path(target).unlink(missing_ok=True)
     # A private scratch folder: two processes making the demo at once must not share the BF16
     # intermediate; the final rename is atomic, so whichever finishes second simply replaces it.
-    with tempfile.TemporaryDirectory(prefix=f".{DEMO_NAME}-", dir=directory) as scratch:
+    # Its name carries our PID, so a later start can tell a killed run's folder from a live one.
+    with tempfile.TemporaryDirectory(prefix=_scratch_prefix(os.getpid()), dir=directory) as scratch:
         bf16 = Path(scratch) / f"{DEMO_NAME}-BF16.gguf"
         progress.message("preparing the demo model")
         convert_checkpoint(checkpoint, bf16, "bf16", progress=progress, source_repo=None)
         quantize(bf16, target, DEMO_QUANT, n_threads=1, progress=progress)
     _remove_stale(directory, keep=target)
     return target
+
+
+def _scratch_prefix(pid: int) -> str:
+    return f".{DEMO_NAME}-{pid}-"
+
+
+def _remove_abandoned_scratch(directory: Path) -> int:
+    """Remove the scratch folders of runs killed before they could clean up after themselves;
+    returns how many runs are still making the demo."""
+    live = 0
+    for folder in directory.glob(f".{DEMO_NAME}-*"):
+        if not folder.is_dir():
+            continue
+        pid_text = folder.name.removeprefix(f".{DEMO_NAME}-").split("-", 1)[0]
+        if pid_text.isdigit() and _process_alive(int(pid_text)):
+            live += 1
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return live
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive, and not ours to judge
+    return True
 
 
 def _remove_stale(directory: Path, keep: Path) -> None:

@@ -311,6 +311,9 @@ def test_no_disk_space(tmp_path: Path, out_dir: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(convert.atomic.shutil, "disk_usage", nearly_full)
     message = refuse(ckpt.path, out_dir)
     assert message.startswith("Not enough disk space for model.gguf: needs ")
+    # A small model's figures are in units that show them, never "0.00 GB".
+    assert "0.00 GB" not in message
+    assert "10.49 MB free" in message
 
 
 def test_unknown_outtype(tmp_path: Path, out_dir: Path) -> None:

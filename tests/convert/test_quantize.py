@@ -542,3 +542,31 @@ def test_log_capture_sees_llama_cpp_and_restores_the_previous_logger(tmp_path: P
     assert "failed to quantize" in "".join(seen)
     assert current() == before
     assert not (tmp_path / "out.gguf").exists()
+
+
+def test_a_failed_write_is_explained_and_leaves_nothing(ladder_model: Path, tmp_path: Path) -> None:
+    """A write llama.cpp cannot complete (here: a file-size limit) is said in the user's terms.
+
+    llama.cpp's C++ streams report it only as "basic_ios::clear: iostream error"; Python ignores
+    SIGXFSZ, so the limit makes the quantizer's write fail instead of killing the process.
+    """
+    import resource
+
+    limit = 200_000  # below the Q8_0 output, above anything the CLI writes before it
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "convert", "quantize", str(ladder_model), "--types", "Q8_0",
+         "--out-dir", str(out_dir)],
+        capture_output=True, text=True, preexec_fn=limit_file_size, timeout=120,
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("fathom-convert:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "iostream" not in errors[0] and "basic_ios" not in errors[0]
+    assert f"writing the output to {out_dir} failed" in errors[0]
+    assert _files(out_dir) == []

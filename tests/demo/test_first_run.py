@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +67,30 @@ def test_truncated_weights_fail_cleanly(tmp_path: Path) -> None:
         ensure_demo_model(checkpoint=folder, directory=out)
     assert "\n" not in str(raised.value)
     assert list(out.iterdir()) == []
+
+
+def test_a_killed_first_run_leaves_no_scratch_behind(tmp_path: Path) -> None:
+    """A first run killed mid-conversion leaves its scratch folder; the next start removes it."""
+    out = tmp_path / "models"
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; from pathlib import Path; from fathom_desktop.demo import ensure_demo_model;"
+         "ensure_demo_model(directory=Path(sys.argv[1]))", str(out)],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".fathom-tiny-*")):
+        assert child.poll() is None and time.monotonic() < deadline, "no scratch folder appeared"
+        time.sleep(0.005)
+    child.kill()
+    child.wait()
+    abandoned = list(out.glob(".fathom-tiny-*"))
+    assert abandoned  # what a killed run leaves
+    # One from an older release (no PID in the name) and one of a run still going (ours).
+    (out / ".fathom-tiny-k2j4x9").mkdir()
+    live = out / f".fathom-tiny-{os.getpid()}-a1b2c3"
+    live.mkdir()
+
+    model = ensure_demo_model(directory=out)
+
+    assert sorted(p.name for p in out.iterdir()) == sorted([model.name, live.name])
