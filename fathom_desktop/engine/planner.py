@@ -113,11 +113,20 @@ class OffloadPlan:
 
 
 def offload_label(n_gpu_layers: int, n_layers: int) -> str:
+    """A plan in a few words; `n_layers` counts the blocks plus the output layer, as llama.cpp's
+    n_gpu_layers does (the same N as `LoadReport.n_layers` and the status bar)."""
     if n_gpu_layers >= n_layers:
         return "fits on GPU"
     if n_gpu_layers <= 0:
         return "CPU only"
     return f"partial: {n_gpu_layers}/{n_layers} layers"
+
+
+def layers_on_gpu(n_gpu_layers: int, n_layers: int) -> str:
+    """Where a loaded model runs: "GPU 31/49 layers" or "CPU only" (same N as offload_label)."""
+    if n_gpu_layers <= 0:
+        return "CPU only"
+    return f"GPU {min(n_gpu_layers, n_layers)}/{n_layers} layers"
 
 
 @dataclass(frozen=True)

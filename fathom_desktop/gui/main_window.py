@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from fathom_desktop.engine.planner import layers_on_gpu
 from fathom_desktop.engine.types import LoadOptions, LoadReport
 from fathom_desktop.gui.banner import BANNER_STYLE, Banner, BannerKind
 from fathom_desktop.gui.chat_state import ChatState
@@ -36,14 +37,9 @@ from fathom_desktop.gui.turns import TurnController
 from fathom_desktop.gui.worker import EngineClient, EngineFactory, StreamBatch
 from fathom_desktop.history import History
 from fathom_desktop.render.math import start_warm_up
-from fathom_desktop.settings import SettingsStore, SettingsValueError
+from fathom_desktop.settings import LOAD_KEYS, SettingsStore, SettingsValueError, load_settings
 
 log = logging.getLogger(__name__)
-
-# Settings that only take effect by loading the model again.
-LOAD_KEYS = frozenset(
-    {"model_path", "n_gpu_layers", "n_ctx", "kv_cache_type", "flash_attn", "n_threads"}
-)
 
 STYLE_SHEET = (
     """
@@ -273,13 +269,8 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Loaded {report.model_path.name}", 5000)
         self.model_label.setText(report.model_path.name)
         self.quant_label.setText(report.file_type)
-        if report.n_gpu_layers <= 0 or not report.gpu_offload_supported:
-            gpu = "CPU only"
-        else:
-            gpu = (
-                f"GPU {min(report.n_gpu_layers, report.n_layers + 1)}/{report.n_layers + 1} layers"
-            )
-        self.gpu_label.setText(gpu)
+        on_gpu = report.n_gpu_layers if report.gpu_offload_supported else 0
+        self.gpu_label.setText(layers_on_gpu(on_gpu, report.n_layers))
         # Keep the shown conversation's last turn on the meter; only the window size may change.
         self.meter.set_usage(dataclasses.replace(self.meter.usage, n_ctx=report.n_ctx))
         if report.notes:
@@ -307,16 +298,7 @@ class MainWindow(QMainWindow):
 
     def _revert_model_settings(self, previous: LoadOptions) -> None:
         try:
-            self.store.update(
-                {
-                    "model_path": str(previous.model_path),
-                    "n_gpu_layers": previous.n_gpu_layers,
-                    "n_ctx": previous.n_ctx,
-                    "kv_cache_type": previous.kv_cache_type,
-                    "flash_attn": previous.flash_attn,
-                    "n_threads": previous.n_threads,
-                }
-            )
+            self.store.update(load_settings(previous))
             self.store.save()
         except (SettingsValueError, OSError) as error:
             log.warning("could not restore the previous model settings: %s", error)

@@ -47,7 +47,6 @@ from fathom_desktop.gui.model_list import (
 from fathom_desktop.settings import (
     SETTINGS,
     SETTINGS_BY_KEY,
-    SYSTEM_PRESET_TEXT,
     Setting,
     SettingGroup,
     SettingsSaveError,
@@ -56,11 +55,10 @@ from fathom_desktop.settings import (
     SystemPreset,
     Theme,
     defaults,
+    describe_preset,
 )
 
 MODEL_KEY = "model_path"
-# Spin-box steps where 1 is too fine to be useful.
-_STEPS = {"n_ctx": 1024, "max_tokens": 256, "thinking_budget": 256, "temperature": 0.05}
 ERROR_STYLE = "color: #b00020;"
 HELP_STYLE = "color: palette(placeholder-text);"
 
@@ -94,14 +92,14 @@ class _Editor:
                 low -= 1
                 spin.setSpecialValueText(s.none_label)
             spin.setRange(low, int(s.maximum if s.maximum is not None else 2**31 - 1))
-            spin.setSingleStep(int(_STEPS.get(s.key, 1)))
+            spin.setSingleStep(int(s.step or 1))
             spin.setAccelerated(True)
             return spin
         if s.type is float:
             spin = QDoubleSpinBox()
             spin.setDecimals(s.decimals)
             spin.setRange(s.minimum or 0.0, s.maximum if s.maximum is not None else 1e9)
-            spin.setSingleStep(float(_STEPS.get(s.key, 0.01)))
+            spin.setSingleStep(s.step or 10.0**-s.decimals)
             return spin
         if s.multiline:
             text = QPlainTextEdit()
@@ -333,14 +331,7 @@ class SettingsDialog(QDialog):
     def _sync_system_prompt(self) -> None:
         preset = str(self._editors["system_preset"].value())
         self._editors["system_prompt"].widget.setEnabled(preset == SystemPreset.CUSTOM.value)
-        text = SYSTEM_PRESET_TEXT[preset]
-        if text is None:
-            preview = "The model is sent the text below as its system message."
-        elif text:
-            preview = f"The model is sent this system message: {text}"
-        else:
-            preview = "No system message is sent."
-        self.preset_preview.setText(preview)
+        self.preset_preview.setText(describe_preset(preset))
 
     def editor(self, key: str) -> QWidget:
         """The widget that edits `key` (for tests and for focusing a refused value)."""

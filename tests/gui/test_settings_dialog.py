@@ -19,7 +19,7 @@ from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, LoadOptions
 from fathom_desktop.gui import model_list
 from fathom_desktop.gui.settings_dialog import SettingsDialog, apply_theme
-from fathom_desktop.settings import SettingsStore
+from fathom_desktop.settings import SettingsStore, describe_preset
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FAKE_GPU = GpuInfo(name="Fake RTX 4060", total_bytes=8 * 2**30, free_bytes=int(7.6 * 2**30))
@@ -384,10 +384,13 @@ def test_custom_system_prompt_is_editable_only_when_chosen(
     qtbot.addWidget(dialog)
     prompt = dialog.editor("system_prompt")
     assert not prompt.isEnabled()
-    assert dialog.preset_preview.text().endswith(FATHOM_EVAL_INSTRUCTION)
+    # Fathom's instruction goes into your message, not a system message, and the dialog says so.
+    assert dialog.preset_preview.text().startswith("No system message is sent.")
+    assert f"added at its end: {FATHOM_EVAL_INSTRUCTION}" in dialog.preset_preview.text()
     preset = dialog.editor("system_preset")
     preset.setCurrentIndex(preset.findData("none"))
-    assert dialog.preset_preview.text() == "No system message is sent."
+    assert dialog.preset_preview.text() == describe_preset("none")
+    assert "as you wrote them" in dialog.preset_preview.text()
     preset.setCurrentIndex(preset.findData("custom"))
     assert prompt.isEnabled()
     prompt.setPlainText("Answer briefly.")
