@@ -32,6 +32,7 @@ from fathom_desktop.gui.chat_view import ChatView
 from fathom_desktop.gui.composer import Composer, ComposerMode
 from fathom_desktop.gui.context_meter import ContextMeter
 from fathom_desktop.gui.conversations import ConversationController
+from fathom_desktop.gui.export_actions import ConversationExporter
 from fathom_desktop.gui.sidebar import ConversationSidebar
 from fathom_desktop.gui.turns import TurnController
 from fathom_desktop.gui.worker import EngineClient, EngineFactory, StreamBatch
@@ -115,6 +116,12 @@ class MainWindow(QMainWindow):
         self.sidebar.search_changed.connect(lambda _text: self.conversations.refresh())
         self.sidebar.rename_requested.connect(self.conversations.rename)
         self.sidebar.delete_requested.connect(self.conversations.delete)
+        self.exporter = ConversationExporter(self.history, self)
+        self.exporter.exported.connect(
+            lambda path: self.statusBar().showMessage(f"Exported to {path}", 8000)
+        )
+        self.exporter.failed.connect(self.show_banner)
+        self.sidebar.export_requested.connect(self.exporter.export)
 
         self.banner = Banner(self)
 
@@ -169,6 +176,9 @@ class MainWindow(QMainWindow):
 
         file_menu = self.menuBar().addMenu("&File")
         action(file_menu, "&New chat", self.conversations.new, QKeySequence.StandardKey.New)
+        self.export_action = action(
+            file_menu, "&Export conversation…", lambda: self.exporter.export(self.conversation_id)
+        )
         action(file_menu, "&Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -221,6 +231,7 @@ class MainWindow(QMainWindow):
         self.answer_now_action.setEnabled(state is ChatState.GENERATING)
         self.regenerate_action.setEnabled(idle and self.turns.last_user_message() is not None)
         self.consensus_action.setEnabled(idle)
+        self.export_action.setEnabled(self.conversation_id is not None)
         for message in self.chat.user_messages():
             message.set_editable(idle)
         for message in self.chat.assistant_messages():
