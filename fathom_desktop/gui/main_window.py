@@ -14,7 +14,7 @@ import dataclasses
 import logging
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QTextCursor
 from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
@@ -128,6 +128,8 @@ class MainWindow(QMainWindow):
         self.chat = ChatView(self)
         self.chat.edit_submitted.connect(self.turns.resend_edited)
         self.chat.regenerate_requested.connect(self.turns.regenerate)
+        self.chat.welcome.prompt_chosen.connect(self._put_in_composer)
+        self.chat.welcome.get_model_requested.connect(self.open_model_dialog)
         self.meter = ContextMeter(self)
         self.composer = Composer(self)
         self.composer.send_requested.connect(self.turns.send)
@@ -176,6 +178,10 @@ class MainWindow(QMainWindow):
 
         file_menu = self.menuBar().addMenu("&File")
         action(file_menu, "&New chat", self.conversations.new, QKeySequence.StandardKey.New)
+        action(
+            file_menu, "&Open or download a model…", self.open_model_dialog,
+            QKeySequence.StandardKey.Open,
+        )  # fmt: skip
         self.export_action = action(
             file_menu, "&Export conversation…", lambda: self.exporter.export(self.conversation_id)
         )
@@ -197,6 +203,16 @@ class MainWindow(QMainWindow):
         action(chat_menu, "Copy &reasoning", self._copy_last(lambda m: m.reasoning.copy()))
         help_menu = self.menuBar().addMenu("&Help")
         action(help_menu, "&About Fathom Desktop", self.show_about)
+
+    def open_model_dialog(self) -> None:
+        from fathom_desktop.gui.get_model import open_model_dialog
+
+        open_model_dialog(self, self.store, self.load_model, self.show_banner)
+
+    def _put_in_composer(self, text: str) -> None:
+        self.composer.set_text(text)
+        self.composer.edit.moveCursor(QTextCursor.MoveOperation.End)
+        self.composer.edit.setFocus()
 
     def show_about(self) -> None:
         from fathom_desktop.gui.about import show_about
@@ -267,6 +283,7 @@ class MainWindow(QMainWindow):
         self.busy.setFormat("")
         self.statusBar().showMessage(f"Loading {options.model_path.name}…")
         self.model_label.setText(options.model_path.name)
+        self.chat.welcome.show_loading(options.model_path)
         self.set_state(ChatState.LOADING)
         self.client.load(options)
 
@@ -282,6 +299,7 @@ class MainWindow(QMainWindow):
         self.quant_label.setText(report.file_type)
         on_gpu = report.n_gpu_layers if report.gpu_offload_supported else 0
         self.gpu_label.setText(layers_on_gpu(on_gpu, report.n_layers))
+        self.chat.welcome.show_model(report)
         # Keep the shown conversation's last turn on the meter; only the window size may change.
         self.meter.set_usage(dataclasses.replace(self.meter.usage, n_ctx=report.n_ctx))
         if report.notes:
@@ -297,6 +315,7 @@ class MainWindow(QMainWindow):
         failed, previous = self._loading, self._last_good_load
         self._loading = None
         self.model_label.setText("No model")
+        self.chat.welcome.show_no_model()
         self.quant_label.clear()
         self.gpu_label.clear()
         if previous is not None and failed is not None and failed != previous:
