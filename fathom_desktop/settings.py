@@ -59,8 +59,8 @@ def describe_preset(preset: str) -> str:
     `with_eval_instruction` puts Fathom's instruction in the user's turn, not a system message)."""
     if preset == SystemPreset.FATHOM_EVAL:
         return (
-            "No system message is sent. Your newest message is sent with this line added at its "
-            f"end: {FATHOM_EVAL_INSTRUCTION} Fathom-R1 was evaluated this way; earlier messages "
+            "No system message is sent. Your newest message is sent with this line added below "
+            f"it: “{FATHOM_EVAL_INSTRUCTION}” Fathom-R1 was evaluated this way; earlier messages "
             "are sent as you wrote them."
         )
     if preset == SystemPreset.CUSTOM:

@@ -69,8 +69,12 @@ def ask_with_save_dialog(
 
 
 def _default_folder() -> Path:
+    """Documents where there is such a folder, else home: a save dialog given a folder that does
+    not exist opens wherever the app was started from."""
     documents = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.DocumentsLocation)
-    return Path(documents) if documents else Path.home()
+    if documents and Path(documents).is_dir():
+        return Path(documents)
+    return Path.home()
 
 
 class ConversationExporter(QObject):

@@ -389,7 +389,7 @@ def test_custom_system_prompt_is_editable_only_when_chosen(
     assert not prompt.isEnabled()
     # Fathom's instruction goes into your message, not a system message, and the dialog says so.
     assert dialog.preset_preview.text().startswith("No system message is sent.")
-    assert f"added at its end: {FATHOM_EVAL_INSTRUCTION}" in dialog.preset_preview.text()
+    assert f"added below it: “{FATHOM_EVAL_INSTRUCTION}”" in dialog.preset_preview.text()
     preset = dialog.editor("system_preset")
     preset.setCurrentIndex(preset.findData("none"))
     assert dialog.preset_preview.text() == describe_preset("none")

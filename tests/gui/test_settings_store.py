@@ -283,5 +283,5 @@ def test_the_eval_preset_is_described_as_it_is_sent() -> None:
     assert sent[0].content == f"What is 3+4?\n{FATHOM_EVAL_INSTRUCTION}"
     text = describe_preset("fathom_eval")
     assert "No system message is sent" in text
-    assert f"added at its end: {FATHOM_EVAL_INSTRUCTION}" in text
+    assert f"added below it: “{FATHOM_EVAL_INSTRUCTION}”" in text
     assert "sent as a system message" in describe_preset("custom")
