@@ -14,7 +14,6 @@ import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import gguf
@@ -198,33 +197,6 @@ def describe_gpu(gpu: GpuInfo | None) -> str:
     )
 
 
-@lru_cache(maxsize=256)
-def _plan_label(
-    path: Path, mtime_ns: int, n_ctx: int, kv_cache_type: str, flash_attn: bool, free: int
-) -> str:
-    plan = planner.plan_offload(path, n_ctx, kv_cache_type, free, flash_attn=flash_attn)  # type: ignore[arg-type]
-    return plan.label
-
-
-def fit_badge(
-    entry: ModelEntry, n_ctx: int, kv_cache_type: str, flash_attn: bool, gpu: GpuInfo | None
-) -> str:
-    """The planner's verdict: "fits on GPU", "partial: 31/49 layers" or "CPU only".
-
-    Reads the file's header: for a background thread, or a dialog that accepts the wait."""
-    if not entry.exists:
-        return "file missing"
-    if gpu is None or gpu.problem is not None:
-        return CPU_ONLY
-    try:
-        mtime_ns = entry.path.stat().st_mtime_ns
-        return _plan_label(entry.path, mtime_ns, n_ctx, kv_cache_type, flash_attn, gpu.free_bytes)
-    except ModelFileError:
-        return "not a usable model"
-    except (OSError, ValueError, KeyError):
-        return "unreadable"
-
-
 @dataclass(frozen=True)
 class FitInputs:
     """What a fit depends on besides the file and the GPU (the dialog's current choices)."""
@@ -237,7 +209,8 @@ class FitInputs:
 def fit_from_facts(
     entry: ModelEntry, facts: ModelFacts | None, inputs: FitInputs, gpu: GpuInfo | None
 ) -> str:
-    """`fit_badge` from a header already read: arithmetic only, fit for the GUI thread."""
+    """The planner's verdict, "fits on GPU", "partial: 31/49 layers" or "CPU only", from a
+    header already read: arithmetic only, fit for the GUI thread."""
     if not entry.exists:
         return "file missing"
     if gpu is None or gpu.problem is not None:
@@ -301,12 +274,30 @@ class ModelList(QTreeWidget):
     # -- background checks ---------------------------------------------------------------------
 
     def scan(
-        self, models_dir: Path, extra: Iterable[Path | None] = (), selected: Path | None = None
+        self,
+        models_dir: Path,
+        extra: Iterable[Path | None] = (),
+        selected: Path | None = None,
+        *,
+        only: Iterable[Path] | None = None,
+        select_first: bool = False,
     ) -> None:
-        """List `models_dir` (and `extra` files) and read every header, all in the background."""
+        """List `models_dir` (and `extra` files) and read every header, all in the background.
+
+        `only` keeps just those files; `select_first` selects the first row when `selected` is
+        None (a chooser; the settings dialog must not pick a model on its own).
+        """
         self._scan_id += 1
         scan_id = self._scan_id
         extra = list(extra)
+        keep = list(only) if only is not None else None
+
+        def discover() -> tuple[list[ModelEntry], str | None]:
+            entries, warning = discover_models(models_dir, extra)
+            if keep is not None:
+                entries = [e for e in entries if any(same_file(e.path, p) for p in keep)]
+            return entries, warning
+
         if not self._entries:
             self._show_placeholder("Checking the models folder…")
 
@@ -314,13 +305,14 @@ class ModelList(QTreeWidget):
             if scan_id != self._scan_id:
                 return  # a newer scan is on its way
             entries, warning = result
-            self.set_entries(entries, selected)
+            first = entries[0].path if select_first and entries else None
+            self.set_entries(entries, selected if selected is not None else first)
             self.scanned.emit(warning or "")
             for entry in entries:
                 if entry.path not in self._facts:
                     self._read_header(entry.path)  # a missing file's facts say it is missing
 
-        self._jobs.run(lambda: discover_models(models_dir, extra), listed, self._listing_failed)
+        self._jobs.run(discover, listed, self._listing_failed)
 
     def check_gpu(self) -> None:
         """Ask NVML (and the llama.cpp build) about the GPU in the background."""
@@ -328,11 +320,15 @@ class ModelList(QTreeWidget):
         self.set_fits()
 
         def found(gpu: GpuInfo | None) -> None:
-            self._gpu, self._gpu_known = gpu, True
-            self.set_fits()
+            self.set_gpu(gpu)
             self.gpu_checked.emit(gpu)
 
         self._jobs.run(probe_gpu, found)
+
+    def set_gpu(self, gpu: GpuInfo | None) -> None:
+        """The GPU the badges plan for (None: no usable GPU, every badge says CPU only)."""
+        self._gpu, self._gpu_known = gpu, True
+        self.set_fits()
 
     def add_file(self, path: Path, models_dir: Path, extra: Iterable[Path | None]) -> None:
         """Check a file from elsewhere in the background; `file_added` or `file_refused` tells."""
@@ -414,12 +410,10 @@ class ModelList(QTreeWidget):
         self._fit_inputs = inputs
         self.set_fits()
 
-    def set_fits(self, badge: Callable[[ModelEntry], str] | None = None) -> None:
-        """Fill the Fit column: from `badge` when given, else from the headers read so far."""
+    def set_fits(self) -> None:
+        """Fill the Fit column from the headers read so far."""
         for row, entry in enumerate(self._entries):
-            if badge is not None:
-                text = badge(entry)
-            elif not self._gpu_known or self._fit_inputs is None:
+            if not self._gpu_known or self._fit_inputs is None:
                 text = CHECKING if entry.exists else "file missing"
             else:
                 facts = self._facts.get(entry.path)

@@ -407,7 +407,8 @@ def test_custom_system_prompt_is_editable_only_when_chosen(
 
 def test_fit_badge_of_a_missing_file() -> None:
     entry = model_list.ModelEntry(Path("/nowhere/x.gguf"), None, None, None, False)
-    assert model_list.fit_badge(entry, 16384, "f16", True, FAKE_GPU) == "file missing"
+    inputs = model_list.FitInputs(16384, "f16", True)
+    assert model_list.fit_from_facts(entry, None, inputs, FAKE_GPU) == "file missing"
     assert model_list.quant_from_name("Fathom-R1-14B-IQ4_XS.gguf") == "IQ4_XS"
     assert model_list.quant_from_name("fathom-q5_k_m.gguf") == "Q5_K_M"
     assert model_list.quant_from_name("fathom.gguf") is None
