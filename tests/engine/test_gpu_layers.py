@@ -61,3 +61,16 @@ def test_a_cpu_load_reads_cpu_only(tiny_gguf_f32: Path) -> None:
         pytest.skip("this llama.cpp build offloads to a GPU; the CPU wording needs the CPU build")
     assert report.n_gpu_layers == 0 and report.n_layers == 3
     assert layers_on_gpu(report.n_gpu_layers, report.n_layers) == "CPU only"
+
+
+def test_the_self_test_names_layers_the_same_way(tiny_gguf_f32: Path, cuda_build) -> None:
+    from fathom_desktop.selftest import SelfTestReport
+
+    def summary(load) -> str:  # noqa: ANN001
+        return SelfTestReport(
+            model=tiny_gguf_f32, load=load, backend="CUDA", boxed="42", reasoning_tokens=10,
+            answer_tokens=5, decode_tokens_per_s=100.0, qt="6.11", seconds=1.0,
+        ).summary()  # fmt: skip
+
+    assert "(F32, CUDA backend, GPU 2/3 layers)" in summary(_load(tiny_gguf_f32, 2))
+    assert "(F32, CUDA backend, CPU only)" in summary(_load(tiny_gguf_f32, 0))
