@@ -112,6 +112,12 @@ class OffloadPlan:
     free_vram_bytes: int | None  # what the plan was made for; None when no GPU was found
 
 
+def offloadable_layers(n_blocks: int) -> int:
+    """llama.cpp's n_gpu_layers range for a model of `n_blocks` transformer blocks: the blocks
+    plus the output layer. Every "n/N layers" the app shows uses this N."""
+    return n_blocks + 1
+
+
 def offload_label(n_gpu_layers: int, n_layers: int) -> str:
     """A plan in a few words; `n_layers` counts the blocks plus the output layer, as llama.cpp's
     n_gpu_layers does (the same N as `LoadReport.n_layers` and the status bar)."""
@@ -141,7 +147,7 @@ class MemoryProfile:
 
     @property
     def n_layers(self) -> int:
-        return len(self.block_bytes) + 1
+        return offloadable_layers(len(self.block_bytes))
 
     @property
     def weights_bytes(self) -> int:

@@ -35,7 +35,8 @@ from PySide6.QtWidgets import (
 )
 
 from fathom_desktop import paths
-from fathom_desktop.engine.planner import GpuInfo
+from fathom_desktop.engine.gguf_check import ModelFileInfo
+from fathom_desktop.engine.planner import GpuInfo, offloadable_layers
 from fathom_desktop.gui.model_list import FitInputs, ModelList, describe_gpu
 from fathom_desktop.settings import (
     SETTINGS,
@@ -250,6 +251,9 @@ class SettingsDialog(QDialog):
         self.model_list.scanned.connect(self._show_manifest_warning)
         self.model_list.file_added.connect(self._file_added)
         self.model_list.file_refused.connect(self._show_error)
+        self.model_list.model_selected.connect(self._show_layer_count)
+        self.model_list.facts_checked.connect(self._show_layer_count)
+        self.model_list.scanned.connect(self._show_layer_count)
         self.model_list.check_gpu()
         self.manifest_label = QLabel()
         self.manifest_label.setWordWrap(True)
@@ -276,6 +280,17 @@ class SettingsDialog(QDialog):
 
     def _show_gpu(self, gpu: GpuInfo | None) -> None:
         self.gpu_label.setText(describe_gpu(gpu))
+
+    def _show_layer_count(self, *_args: object) -> None:
+        """"20 / 49 layers": the GPU layers editor counts as the status bar and the badges do."""
+        selected = self.model_list.selected_path()
+        facts = self.model_list.facts(selected) if selected is not None else None
+        spin = self._editors["n_gpu_layers"].widget
+        assert isinstance(spin, QSpinBox)
+        if isinstance(facts, ModelFileInfo):
+            spin.setSuffix(f" / {offloadable_layers(facts.n_layers)} layers")
+        else:
+            spin.setSuffix("")
 
     def _show_manifest_warning(self, warning: str) -> None:
         self.manifest_label.setVisible(bool(warning))

@@ -217,6 +217,13 @@ def test_lists_every_gguf_with_size_and_fit_badge(
     # A 14B model does not fit 8 GB whole; the bigger quantization fits fewer layers.
     assert _partial_layers(q8_fit) < _partial_layers(q4_fit)
     assert dialog.model_list.selected_path() == model_files["tiny"]
+    # The GPU layers editor counts the selected model's layers as the badges and status bar do.
+    layers = dialog.editor("n_gpu_layers")
+    assert layers.text() == "auto"
+    layers.setValue(2)
+    assert layers.text() == "2 / 3 layers"  # two blocks and the output layer
+    dialog.model_list.select_path(models_dir / "Fathom-R1-14B-Q4_K_M.gguf")
+    assert layers.text() == "2 / 49 layers"
     # What the manifest says about a file shows too.
     assert "sha256 " + "ab" * 32 in dialog.model_list.topLevelItem(0).toolTip(0)
     _shot(dialog, "settings_dialog_models.png")
