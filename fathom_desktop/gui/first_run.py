@@ -139,8 +139,8 @@ class FirstRunDialog(QDialog):
         folder.setWordWrap(True)
         self.gpu_label = QLabel("GPU: checking…")
         self.gpu_label.setTextFormat(Qt.TextFormat.PlainText)
-        quit_button = QPushButton("Quit")
-        quit_button.clicked.connect(self.reject)
+        self.quit_button = QPushButton("Quit")
+        self.quit_button.clicked.connect(self.reject)
         layout.addWidget(intro)
         for button in (
             self.existing_button,
@@ -153,7 +153,7 @@ class FirstRunDialog(QDialog):
         layout.addWidget(self.gpu_label)
         layout.addWidget(folder)
         layout.addStretch(1)
-        layout.addWidget(quit_button, alignment=Qt.AlignmentFlag.AlignRight)
+        layout.addWidget(self.quit_button, alignment=Qt.AlignmentFlag.AlignRight)
         return page
 
     def _build_download(self) -> QWidget:

@@ -20,6 +20,7 @@ def open_model_dialog(
 
     dialog = FirstRunDialog(parent)
     dialog.setWindowTitle("Open or download a model")
+    dialog.quit_button.setText("Cancel")  # it closes this dialog, not the app
     dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
 
     def chosen() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from fathom_desktop.demo import DEMO_NAME
 from fathom_desktop.engine.planner import layers_on_gpu
@@ -90,6 +90,8 @@ class WelcomeView(QFrame):
         for button in self.prompt_buttons:
             button.setObjectName("welcomePrompt")
             button.setFlat(True)
+            # A long prompt must not hold the transcript wider than a narrow window.
+            button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
             button.clicked.connect(lambda _checked=False, b=button: self._choose(b))
         self.get_label = self._label("welcomeGet")
         self.get_label.setText(GET_FATHOM)
@@ -143,7 +145,7 @@ class WelcomeView(QFrame):
         prompts = DEMO_PROMPTS if demo else FATHOM_PROMPTS
         for button, prompt in zip(self.prompt_buttons, prompts, strict=True):
             button.setText(prompt)
-            button.setToolTip("Put this question in the message box")
+            button.setToolTip(f"Put this question in the message box:\n{prompt}")
 
     # -- reading it back -----------------------------------------------------------------------
 

@@ -71,3 +71,27 @@ def test_without_a_model_it_says_so_and_where_to_get_one(make_window, qtbot) -> 
     assert welcome.model_label.text() == "No model is loaded yet."
     assert not welcome.about_label.isVisible()
     assert FATHOM_REPO in welcome.get_label.text() and welcome.get_button.isVisible()
+
+
+def test_open_or_download_a_model_offers_the_first_run_ways(
+    make_window, qtbot, tiny_gguf_f32: Path
+) -> None:
+    from fathom_desktop.gui.first_run import FirstRunDialog
+
+    window = make_window()
+    before = window.store.get("model_path")
+    window.chat.welcome.get_button.click()
+    dialog = window.findChild(FirstRunDialog)
+    assert dialog is not None and dialog.isVisible()
+    assert dialog.windowTitle() == "Open or download a model"
+    assert dialog.quit_button.text() == "Cancel"  # it closes the dialog, not the app
+    assert dialog.download_button.isVisible() and dialog.open_button.isVisible()
+    dialog.quit_button.click()
+    assert window.isVisible() and window.store.get("model_path") == before
+
+    # Choosing a GGUF makes it the model and loads it.
+    window.open_model_dialog()
+    dialog = next(d for d in window.findChildren(FirstRunDialog) if d.isVisible())
+    assert dialog.open_gguf(tiny_gguf_f32)
+    assert window.store.get("model_path") == str(tiny_gguf_f32)
+    qtbot.waitUntil(lambda: window.engine.load_calls[-1].model_path == tiny_gguf_f32)
