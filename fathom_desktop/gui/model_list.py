@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,12 +75,18 @@ def quant_from_name(name: str) -> str | None:
     return match.group(1).upper() if match else None
 
 
+# A folder of many GGUFs is read two headers at a time: a Fathom header holds 152k token strings,
+# and dozens of parallel reads would only make a spinning disk seek.
+_HEADER_READS = threading.BoundedSemaphore(2)
+
+
 def read_facts(path: Path) -> ModelFacts:
     """Read one file's header (slow on a slow disk: call it off the GUI thread)."""
-    try:
-        return check_model_file(path)
-    except ModelFileError as error:
-        return str(error)
+    with _HEADER_READS:
+        try:
+            return check_model_file(path)
+        except ModelFileError as error:
+            return str(error)
 
 
 def _read_manifest(models_dir: Path) -> tuple[dict[str, tuple[str, int, str]], str | None]:
