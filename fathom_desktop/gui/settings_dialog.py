@@ -282,7 +282,7 @@ class SettingsDialog(QDialog):
         self.gpu_label.setText(describe_gpu(gpu))
 
     def _show_layer_count(self, *_args: object) -> None:
-        """"20 / 49 layers": the GPU layers editor counts as the status bar and the badges do."""
+        """Read "20 / 49 layers": the GPU layers editor counts as the status bar and badges do."""
         selected = self.model_list.selected_path()
         facts = self.model_list.facts(selected) if selected is not None else None
         spin = self._editors["n_gpu_layers"].widget
