@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fathom_desktop.engine.planner import model_memory_profile  # noqa: E402
 from fathom_desktop.engine.types import FATHOM_N_CTX  # noqa: E402
+from fathom_desktop.settings import SETTINGS_BY_KEY  # noqa: E402
 
 CONFIG = (
     Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fathom-r1-14b" / "config.json"
@@ -49,7 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--n-ctx", type=int, default=FATHOM_N_CTX)
-    parser.add_argument("--kv-cache-type", choices=("f16", "q8_0", "q4_0"), default="f16")
+    kv_types = SETTINGS_BY_KEY["kv_cache_type"].choices
+    parser.add_argument("--kv-cache-type", choices=kv_types, default="f16")
     args = parser.parse_args()
     print(
         f"Predicted by the VRAM planner (not measured): Fathom-R1-14B at {args.n_ctx:,} tokens, "

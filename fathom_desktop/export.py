@@ -127,7 +127,11 @@ def export_conversation(
     destination = Path(destination)
     fmt = fmt if fmt is not None else ExportFormat.from_path(destination)
     conversation = history.conversation(conversation_id)
-    text = render(conversation, history.messages(conversation_id), fmt)
+    return write_export(destination, render(conversation, history.messages(conversation_id), fmt))
+
+
+def write_export(destination: Path, text: str) -> Path:
+    """Write an export atomically: an interrupted write never leaves a file that looks finished."""
     try:
         paths.write_text_atomically(destination, text)
     except OSError as error:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from fathom_desktop.engine.consensus import extract_boxed, normalize_answer
+from fathom_desktop.engine.planner import layers_on_gpu
 from fathom_desktop.engine.types import (
     FATHOM_EVAL_INSTRUCTION,
     ChatMessage,
@@ -84,11 +85,7 @@ class SelfTestReport:
     seconds: float
 
     def summary(self) -> str:
-        where = (
-            f"{self.load.n_gpu_layers}/{self.load.n_layers} layers on GPU"
-            if self.load.n_gpu_layers
-            else "all layers on CPU"
-        )
+        where = layers_on_gpu(self.load.n_gpu_layers, self.load.n_layers)
         return (
             f"self-test passed in {self.seconds:.1f} s: {self.model.name} "
             f"({self.load.file_type}, {self.backend} backend, {where}) answered "

@@ -39,8 +39,6 @@ QUANTIZED_KV_CACHE_TYPES = tuple(t for t in KV_CACHE_TYPES if t != "f16")
 # Qwen2's trained context (max_position_embeddings of Fathom-R1-14B); the dialog also checks the
 # chosen model's own n_ctx_train.
 MAX_CONTEXT = 131072
-# Below this the R1 chat template plus one short exchange no longer fits.
-MIN_CONTEXT = 512
 
 
 class SettingGroup(StrEnum):
@@ -56,11 +54,21 @@ class SystemPreset(StrEnum):
     CUSTOM = "custom"
 
 
-SYSTEM_PRESET_TEXT: dict[str, str | None] = {
-    SystemPreset.FATHOM_EVAL.value: FATHOM_EVAL_INSTRUCTION,
-    SystemPreset.NONE.value: "",
-    SystemPreset.CUSTOM.value: None,  # the text of the system_prompt setting
-}
+def describe_preset(preset: str) -> str:
+    """What the preset sends and where, as the chat sends it (engine/chat_template.py:
+    `with_eval_instruction` puts Fathom's instruction in the user's turn, not a system message)."""
+    if preset == SystemPreset.FATHOM_EVAL:
+        return (
+            "No system message is sent. Your newest message is sent with this line added below "
+            f"it: “{FATHOM_EVAL_INSTRUCTION}” Fathom-R1 was evaluated this way; earlier messages "
+            "are sent as you wrote them."
+        )
+    if preset == SystemPreset.CUSTOM:
+        return (
+            "The text below is sent as a system message, at the start of the prompt before the "
+            "conversation; your messages are sent as you wrote them."
+        )
+    return "No system message is sent, and your messages are sent as you wrote them."
 
 
 class Theme(StrEnum):
@@ -84,6 +92,8 @@ class SettingsSaveError(OSError):
 
 @dataclass(frozen=True)
 class Setting:
+    """One row of the settings table: everything the store, the dialog and the window need."""
+
     key: str
     type: type  # bool, int, float or str
     default: object
@@ -100,6 +110,15 @@ class Setting:
     multiline: bool = False
     # Decimal places a float editor shows.
     decimals: int = 2
+    # The step of a number editor's arrows where the smallest change is too fine to be useful.
+    step: float | None = None
+    # The `LoadOptions` field this setting feeds; such a setting takes effect only by loading
+    # the model again.
+    load_option: str | None = None
+
+    @property
+    def reloads_model(self) -> bool:
+        return self.load_option is not None
 
     def validate(self, value: object) -> object:
         """Return `value` in this setting's type, or raise SettingsValueError with the reason."""
@@ -171,26 +190,29 @@ _M, _S, _P, _A = (
 SETTINGS: tuple[Setting, ...] = (
     # Model
     Setting("model_path", str, None, "Model file", _M,
-            "The GGUF file to chat with.", none_label="none chosen"),
+            "The GGUF file to chat with.", none_label="none chosen", load_option="model_path"),
     Setting("n_gpu_layers", int, _LOAD_DEFAULTS["n_gpu_layers"], "GPU layers", _M,
-            "Transformer layers to run on the GPU; auto offloads as many as fit in free VRAM.",
-            minimum=0, maximum=999, none_label="auto"),
+            "Layers to run on the GPU, counted as llama.cpp counts them: the transformer blocks "
+            "plus the output layer (49 for Fathom-R1-14B). Auto offloads as many as fit in free "
+            "VRAM.", minimum=0, maximum=999, none_label="auto", load_option="n_gpu_layers"),
+    # The minimum: below 512 tokens the R1 chat template plus one short exchange no longer fits.
     Setting("n_ctx", int, FATHOM_N_CTX, "Context length", _M,
             "Tokens the model can see at once (prompt, history, reasoning and answer). "
-            "More needs more memory.", minimum=MIN_CONTEXT, maximum=MAX_CONTEXT),
+            "More needs more memory.", minimum=512, maximum=MAX_CONTEXT, step=1024,
+            load_option="n_ctx"),
     Setting("kv_cache_type", str, _LOAD_DEFAULTS["kv_cache_type"], "KV cache type", _M,
             "q8_0 and q4_0 halve or quarter the cache's memory; they need flash attention.",
-            choices=KV_CACHE_TYPES),
+            choices=KV_CACHE_TYPES, load_option="kv_cache_type"),
     Setting("flash_attn", bool, _LOAD_DEFAULTS["flash_attn"], "Flash attention", _M,
             "Faster, leaner attention; auto turns it on when this build of llama.cpp supports it.",
-            none_label="auto"),
+            none_label="auto", load_option="flash_attn"),
     Setting("n_threads", int, _LOAD_DEFAULTS["n_threads"], "CPU threads", _M,
             "Threads for the layers that run on the CPU.", minimum=1, maximum=512,
-            none_label="auto"),
+            none_label="auto", load_option="n_threads"),
     # Sampling
     Setting("temperature", float, _SAMPLING.temperature, "Temperature", _S,
             "Randomness; Fathom-R1 is tuned for 0.6. Low values can make it loop.",
-            minimum=0.0, maximum=2.0),
+            minimum=0.0, maximum=2.0, step=0.05),
     Setting("top_p", float, _SAMPLING.top_p, "Top-p", _S,
             "Sample only from the most likely tokens whose probabilities add up to this.",
             minimum=0.0, maximum=1.0),
@@ -207,13 +229,14 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=0, maximum=2**31 - 1, none_label="random"),
     Setting("max_tokens", int, _SAMPLING.max_tokens, "Max tokens", _S,
             "Longest reply, reasoning included; unlimited runs until the context is full.",
-            minimum=1, maximum=MAX_CONTEXT, none_label="unlimited"),
+            minimum=1, maximum=MAX_CONTEXT, none_label="unlimited", step=256),
     Setting("thinking_budget", int, _SAMPLING.thinking_budget, "Thinking budget", _S,
             "Reasoning tokens after which the model is told to answer.",
-            minimum=0, maximum=MAX_CONTEXT, none_label="unlimited"),
+            minimum=0, maximum=MAX_CONTEXT, none_label="unlimited", step=256),
     # Prompt
-    Setting("system_preset", str, SystemPreset.FATHOM_EVAL.value, "System prompt", _P,
-            "Fathom's evaluation instruction asks for step-by-step reasoning and a boxed answer.",
+    Setting("system_preset", str, SystemPreset.FATHOM_EVAL.value, "Prompt preset", _P,
+            "Fathom's evaluation instruction asks for step-by-step reasoning and a boxed answer "
+            "in your message; a custom preset sends a system message of your own.",
             choices=tuple(p.value for p in SystemPreset),
             choice_labels=("Fathom evaluation instruction", "None", "Custom")),
     Setting("system_prompt", str, "", "Custom system prompt", _P,
@@ -227,10 +250,20 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+# Settings that take effect only by loading the model again.
+LOAD_KEYS = frozenset(s.key for s in SETTINGS if s.reloads_model)
+assert {s.load_option for s in SETTINGS if s.reloads_model} == set(_LOAD_DEFAULTS)
 
 
 def defaults() -> dict[str, object]:
     return {s.key: s.default for s in SETTINGS}
+
+
+def load_settings(options: LoadOptions) -> dict[str, object]:
+    """The settings that give `options` (to go back to a model that loaded)."""
+    values = {s.key: getattr(options, s.load_option) for s in SETTINGS if s.load_option}
+    values["model_path"] = str(options.model_path)
+    return values
 
 
 def _label(key: str) -> str:
@@ -308,13 +341,9 @@ def upgrade(document: dict) -> dict:
     return document
 
 
-Listener = Callable[[str, object], None]
-
-
 class SettingsStore:
     """The current settings, validated against `SETTINGS`, saved as JSON in the config folder.
 
-    `changed` holds callables invoked as listener(key, new_value) after a value really changed.
     `warnings` holds one-line messages about a settings file that could not be used as it was.
     """
 
@@ -324,7 +353,6 @@ class SettingsStore:
         # Keys this version does not know (a newer version's, or a typo) are written back as found.
         self._unknown: dict[str, object] = {}
         self.warnings: list[str] = []
-        self.changed: list[Listener] = []
 
     @classmethod
     def load(cls, path: Path | None = None) -> SettingsStore:
@@ -442,9 +470,6 @@ class SettingsStore:
         candidate = self.check(changes)
         changed = [key for key, value in candidate.items() if self._values[key] != value]
         self._values = candidate
-        for key in changed:
-            for listener in list(self.changed):
-                listener(key, candidate[key])
         return changed
 
     def reset(self) -> list[str]:
@@ -476,14 +501,8 @@ class SettingsStore:
             model_path = self._values["model_path"]
         if not isinstance(model_path, str | Path) or not str(model_path):
             raise SettingsValueError("model_path", "No model file is chosen yet.")
-        return LoadOptions(
-            model_path=Path(model_path),
-            n_ctx=self._int("n_ctx"),
-            n_gpu_layers=self._optional_int("n_gpu_layers"),
-            flash_attn=self._values["flash_attn"],  # type: ignore[arg-type]
-            kv_cache_type=self._values["kv_cache_type"],  # type: ignore[arg-type]
-            n_threads=self._optional_int("n_threads"),
-        )
+        fields = {s.load_option: self._values[s.key] for s in SETTINGS if s.load_option}
+        return LoadOptions(**{**fields, "model_path": Path(model_path)})  # type: ignore[arg-type]
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
@@ -498,11 +517,13 @@ class SettingsStore:
         )
 
     def system_prompt(self) -> str:
-        """The system message to send ("" for none), following the chosen preset."""
-        preset_text = SYSTEM_PRESET_TEXT[str(self._values["system_preset"])]
-        if preset_text is None:
+        """The system message to send ("" for none), following the chosen preset.
+
+        Fathom's evaluation preset sends none: its instruction goes into the user's message.
+        """
+        if self._values["system_preset"] == SystemPreset.CUSTOM:
             return str(self._values["system_prompt"]).strip()
-        return preset_text
+        return ""
 
     def _int(self, key: str) -> int:
         value = self._values[key]

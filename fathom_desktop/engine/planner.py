@@ -112,12 +112,27 @@ class OffloadPlan:
     free_vram_bytes: int | None  # what the plan was made for; None when no GPU was found
 
 
+def offloadable_layers(n_blocks: int) -> int:
+    """llama.cpp's n_gpu_layers range for a model of `n_blocks` transformer blocks: the blocks
+    plus the output layer. Every "n/N layers" the app shows uses this N."""
+    return n_blocks + 1
+
+
 def offload_label(n_gpu_layers: int, n_layers: int) -> str:
+    """A plan in a few words; `n_layers` counts the blocks plus the output layer, as llama.cpp's
+    n_gpu_layers does (the same N as `LoadReport.n_layers` and the status bar)."""
     if n_gpu_layers >= n_layers:
         return "fits on GPU"
     if n_gpu_layers <= 0:
         return "CPU only"
     return f"partial: {n_gpu_layers}/{n_layers} layers"
+
+
+def layers_on_gpu(n_gpu_layers: int, n_layers: int) -> str:
+    """Where a loaded model runs: "GPU 31/49 layers" or "CPU only" (same N as offload_label)."""
+    if n_gpu_layers <= 0:
+        return "CPU only"
+    return f"GPU {min(n_gpu_layers, n_layers)}/{n_layers} layers"
 
 
 @dataclass(frozen=True)
@@ -132,7 +147,7 @@ class MemoryProfile:
 
     @property
     def n_layers(self) -> int:
-        return len(self.block_bytes) + 1
+        return offloadable_layers(len(self.block_bytes))
 
     @property
     def weights_bytes(self) -> int:

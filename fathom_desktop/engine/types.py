@@ -137,7 +137,9 @@ class GenerationControl:
 class LoadReport:
     model_path: Path
     n_ctx: int
-    n_gpu_layers: int
+    n_gpu_layers: int  # layers llama.cpp put on the GPU, 0..n_layers
+    # Offloadable layers, as llama.cpp counts n_gpu_layers: the transformer blocks plus the
+    # output layer (49 for Fathom-R1-14B's 48 blocks), so "n_gpu_layers/n_layers layers" is true.
     n_layers: int
     flash_attn: bool
     kv_cache_type: KvCacheType

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from fathom_desktop.gui.reasoning_pane import ReasoningPane, TailFollower
+from fathom_desktop.gui.welcome import WelcomeView
 from fathom_desktop.render import SafeDocument, answer_to_text, html_for, math_style
 
 # -- answers --------------------------------------------------------------------------------------
@@ -348,6 +349,8 @@ class Notice(QLabel):
 
 
 class ChatView(QScrollArea):
+    """The transcript; with no messages it shows the welcome view (`welcome`) instead."""
+
     edit_submitted = Signal(int, str)
     regenerate_requested = Signal()
 
@@ -361,13 +364,16 @@ class ChatView(QScrollArea):
         self._layout = QVBoxLayout(self._content)
         self._layout.setContentsMargins(12, 12, 12, 12)
         self._layout.setSpacing(10)
+        self.welcome = WelcomeView(self._content)
+        self._layout.addWidget(self.welcome)
         self._layout.addStretch(1)
         self.setWidget(self._content)
         self.follower = TailFollower(self.verticalScrollBar())
 
     def items(self) -> list[QWidget]:
+        """The transcript's messages and notices, in order (not the welcome view)."""
         widgets = (self._layout.itemAt(i).widget() for i in range(self._layout.count()))
-        return [widget for widget in widgets if widget is not None]
+        return [widget for widget in widgets if widget is not None and widget is not self.welcome]
 
     def user_messages(self) -> list[UserMessage]:
         return [w for w in self.items() if isinstance(w, UserMessage)]
@@ -380,6 +386,7 @@ class ChatView(QScrollArea):
             self._layout.removeWidget(widget)
             widget.deleteLater()
         self.follower.at_bottom = True
+        self.welcome.setVisible(True)
 
     def add_user(self, text: str, message_id: int) -> UserMessage:
         message = UserMessage(text, message_id, self._content)
@@ -405,7 +412,9 @@ class ChatView(QScrollArea):
     def remove(self, widget: QWidget) -> None:
         self._layout.removeWidget(widget)
         widget.deleteLater()
+        self.welcome.setVisible(not self.items())
 
     def _add(self, widget: QWidget) -> None:
         # Before the trailing stretch, so messages stack from the top; the follower scrolls.
+        self.welcome.setVisible(False)
         self._layout.insertWidget(self._layout.count() - 1, widget)

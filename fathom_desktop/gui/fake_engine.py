@@ -109,7 +109,7 @@ class FakeEngine:
             model_path=path,
             n_ctx=options.n_ctx,
             n_gpu_layers=min(n_gpu, FATHOM_LAYERS + 1),
-            n_layers=FATHOM_LAYERS,
+            n_layers=FATHOM_LAYERS + 1,
             flash_attn=bool(options.flash_attn),
             kv_cache_type=options.kv_cache_type,
             gpu_offload_supported=True,

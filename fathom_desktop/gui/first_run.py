@@ -35,7 +35,9 @@ from convert.download import read_source
 from fathom_desktop import paths
 from fathom_desktop.engine.errors import ModelFileError
 from fathom_desktop.engine.gguf_check import check_model_file
+from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.engine.types import FATHOM_N_CTX
+from fathom_desktop.gui.background import BackgroundJobs
 from fathom_desktop.gui.first_run_steps import (
     DEFAULT_REPO,
     UNQUANTIZED_NAME,
@@ -47,13 +49,11 @@ from fathom_desktop.gui.first_run_steps import (
     quantize_levels,
 )
 from fathom_desktop.gui.model_list import (
+    FitInputs,
     ModelList,
     describe_gpu,
     discover_models,
-    fit_badge,
     human_size,
-    probe_gpu,
-    same_file,
 )
 
 DEFAULT_QUANT = "Q4_K_M"
@@ -80,7 +80,10 @@ class FirstRunDialog(QDialog):
         self.setMinimumWidth(620)
         self.chosen_path: Path | None = None
         self._models_dir = models_dir if models_dir is not None else paths.models_dir()
-        self._gpu = probe_gpu()
+        # The GPU, the models folder and the files' headers are read in the background (NVML and
+        # a slow disk can stall); the dialog says "checking…" until they answer.
+        self._gpu: GpuInfo | None = None
+        self._background = BackgroundJobs(self)
         self._job: Job | None = None
         self._next: Callable[[object], None] | None = None
         self._unquantized: Path | None = None
@@ -102,6 +105,9 @@ class FirstRunDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(self.pages)
         layout.addWidget(self.error_label)
+        self.model_list.gpu_checked.connect(self._gpu_checked)
+        self.model_list.set_fit_inputs(FitInputs(FATHOM_N_CTX, "f16", True))
+        self.model_list.check_gpu()
         self._show_page(Page.WELCOME)
 
     @classmethod
@@ -131,10 +137,10 @@ class FirstRunDialog(QDialog):
         folder = QLabel(f"Models are kept in {self._models_dir}")
         folder.setTextFormat(Qt.TextFormat.PlainText)
         folder.setWordWrap(True)
-        self.gpu_label = QLabel(describe_gpu(self._gpu))  # type: ignore[arg-type]
+        self.gpu_label = QLabel("GPU: checking…")
         self.gpu_label.setTextFormat(Qt.TextFormat.PlainText)
-        quit_button = QPushButton("Quit")
-        quit_button.clicked.connect(self.reject)
+        self.quit_button = QPushButton("Quit")
+        self.quit_button.clicked.connect(self.reject)
         layout.addWidget(intro)
         for button in (
             self.existing_button,
@@ -147,7 +153,7 @@ class FirstRunDialog(QDialog):
         layout.addWidget(self.gpu_label)
         layout.addWidget(folder)
         layout.addStretch(1)
-        layout.addWidget(quit_button, alignment=Qt.AlignmentFlag.AlignRight)
+        layout.addWidget(self.quit_button, alignment=Qt.AlignmentFlag.AlignRight)
         return page
 
     def _build_download(self) -> QWidget:
@@ -237,12 +243,27 @@ class FirstRunDialog(QDialog):
 
     def _show_page(self, page: Page) -> None:
         if page is Page.WELCOME:
-            found = [e for e in discover_models(self._models_dir)[0] if e.exists]
-            self.existing_button.setVisible(bool(found))
-            self.existing_button.setText(
-                f"Use a model already in the models folder ({len(found)} found)"
+            self.existing_button.setVisible(False)
+            models_dir = self._models_dir
+            self._background.run(
+                lambda: [e for e in discover_models(models_dir)[0] if e.exists],
+                self._show_existing,
             )
         self.pages.setCurrentIndex(int(page))
+
+    def _show_existing(self, found: list) -> None:
+        self.existing_button.setVisible(bool(found))
+        self.existing_button.setText(
+            f"Use a model already in the models folder ({len(found)} found)"
+        )
+
+    def _gpu_checked(self, gpu: GpuInfo | None) -> None:
+        self._gpu = gpu
+        self.gpu_label.setText(describe_gpu(gpu))
+
+    def busy(self) -> bool:
+        """Whether the GPU, the folder or a header is still being read in the background."""
+        return self._background.pending() > 0 or self.model_list.busy()
 
     def page(self) -> Page:
         return Page(self.pages.currentIndex())
@@ -279,11 +300,7 @@ class FirstRunDialog(QDialog):
         self._offer_models(None, "Models found in the models folder:")
 
     def _offer_models(self, only: list[Path] | None, intro: str) -> None:
-        entries, _ = discover_models(self._models_dir)
-        if only is not None:
-            entries = [e for e in entries if any(same_file(e.path, p) for p in only)]
-        self.model_list.set_entries(entries, entries[0].path if entries else None)
-        self.model_list.set_fits(lambda e: fit_badge(e, FATHOM_N_CTX, "f16", True, self._gpu))  # type: ignore[arg-type]
+        self.model_list.scan(self._models_dir, only=only, select_first=True)
         self.choose_intro.setText(intro)
         self._show_page(Page.CHOOSE)
 

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QTextCursor
 from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from fathom_desktop.engine.planner import layers_on_gpu
 from fathom_desktop.engine.types import LoadOptions, LoadReport
 from fathom_desktop.gui.banner import BANNER_STYLE, Banner, BannerKind
 from fathom_desktop.gui.chat_state import ChatState
@@ -31,19 +32,15 @@ from fathom_desktop.gui.chat_view import ChatView
 from fathom_desktop.gui.composer import Composer, ComposerMode
 from fathom_desktop.gui.context_meter import ContextMeter
 from fathom_desktop.gui.conversations import ConversationController
+from fathom_desktop.gui.export_actions import ConversationExporter
 from fathom_desktop.gui.sidebar import ConversationSidebar
 from fathom_desktop.gui.turns import TurnController
 from fathom_desktop.gui.worker import EngineClient, EngineFactory, StreamBatch
 from fathom_desktop.history import History
 from fathom_desktop.render.math import start_warm_up
-from fathom_desktop.settings import SettingsStore, SettingsValueError
+from fathom_desktop.settings import LOAD_KEYS, SettingsStore, SettingsValueError, load_settings
 
 log = logging.getLogger(__name__)
-
-# Settings that only take effect by loading the model again.
-LOAD_KEYS = frozenset(
-    {"model_path", "n_gpu_layers", "n_ctx", "kv_cache_type", "flash_attn", "n_threads"}
-)
 
 STYLE_SHEET = (
     """
@@ -119,12 +116,20 @@ class MainWindow(QMainWindow):
         self.sidebar.search_changed.connect(lambda _text: self.conversations.refresh())
         self.sidebar.rename_requested.connect(self.conversations.rename)
         self.sidebar.delete_requested.connect(self.conversations.delete)
+        self.exporter = ConversationExporter(self.history, self)
+        self.exporter.exported.connect(
+            lambda path: self.statusBar().showMessage(f"Exported to {path}", 8000)
+        )
+        self.exporter.failed.connect(self.show_banner)
+        self.sidebar.export_requested.connect(self.exporter.export)
 
         self.banner = Banner(self)
 
         self.chat = ChatView(self)
         self.chat.edit_submitted.connect(self.turns.resend_edited)
         self.chat.regenerate_requested.connect(self.turns.regenerate)
+        self.chat.welcome.prompt_chosen.connect(self._put_in_composer)
+        self.chat.welcome.get_model_requested.connect(self.open_model_dialog)
         self.meter = ContextMeter(self)
         self.composer = Composer(self)
         self.composer.send_requested.connect(self.turns.send)
@@ -173,6 +178,13 @@ class MainWindow(QMainWindow):
 
         file_menu = self.menuBar().addMenu("&File")
         action(file_menu, "&New chat", self.conversations.new, QKeySequence.StandardKey.New)
+        action(
+            file_menu, "&Open or download a model…", self.open_model_dialog,
+            QKeySequence.StandardKey.Open,
+        )  # fmt: skip
+        self.export_action = action(
+            file_menu, "&Export conversation…", lambda: self.exporter.export(self.conversation_id)
+        )
         action(file_menu, "&Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
@@ -191,6 +203,16 @@ class MainWindow(QMainWindow):
         action(chat_menu, "Copy &reasoning", self._copy_last(lambda m: m.reasoning.copy()))
         help_menu = self.menuBar().addMenu("&Help")
         action(help_menu, "&About Fathom Desktop", self.show_about)
+
+    def open_model_dialog(self) -> None:
+        from fathom_desktop.gui.get_model import open_model_dialog
+
+        open_model_dialog(self, self.store, self.load_model, self.show_banner)
+
+    def _put_in_composer(self, text: str) -> None:
+        self.composer.set_text(text)
+        self.composer.edit.moveCursor(QTextCursor.MoveOperation.End)
+        self.composer.edit.setFocus()
 
     def show_about(self) -> None:
         from fathom_desktop.gui.about import show_about
@@ -225,6 +247,7 @@ class MainWindow(QMainWindow):
         self.answer_now_action.setEnabled(state is ChatState.GENERATING)
         self.regenerate_action.setEnabled(idle and self.turns.last_user_message() is not None)
         self.consensus_action.setEnabled(idle)
+        self.export_action.setEnabled(self.conversation_id is not None)
         for message in self.chat.user_messages():
             message.set_editable(idle)
         for message in self.chat.assistant_messages():
@@ -260,6 +283,7 @@ class MainWindow(QMainWindow):
         self.busy.setFormat("")
         self.statusBar().showMessage(f"Loading {options.model_path.name}…")
         self.model_label.setText(options.model_path.name)
+        self.chat.welcome.show_loading(options.model_path)
         self.set_state(ChatState.LOADING)
         self.client.load(options)
 
@@ -273,13 +297,9 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Loaded {report.model_path.name}", 5000)
         self.model_label.setText(report.model_path.name)
         self.quant_label.setText(report.file_type)
-        if report.n_gpu_layers <= 0 or not report.gpu_offload_supported:
-            gpu = "CPU only"
-        else:
-            gpu = (
-                f"GPU {min(report.n_gpu_layers, report.n_layers + 1)}/{report.n_layers + 1} layers"
-            )
-        self.gpu_label.setText(gpu)
+        on_gpu = report.n_gpu_layers if report.gpu_offload_supported else 0
+        self.gpu_label.setText(layers_on_gpu(on_gpu, report.n_layers))
+        self.chat.welcome.show_model(report)
         # Keep the shown conversation's last turn on the meter; only the window size may change.
         self.meter.set_usage(dataclasses.replace(self.meter.usage, n_ctx=report.n_ctx))
         if report.notes:
@@ -295,6 +315,7 @@ class MainWindow(QMainWindow):
         failed, previous = self._loading, self._last_good_load
         self._loading = None
         self.model_label.setText("No model")
+        self.chat.welcome.show_no_model()
         self.quant_label.clear()
         self.gpu_label.clear()
         if previous is not None and failed is not None and failed != previous:
@@ -307,16 +328,7 @@ class MainWindow(QMainWindow):
 
     def _revert_model_settings(self, previous: LoadOptions) -> None:
         try:
-            self.store.update(
-                {
-                    "model_path": str(previous.model_path),
-                    "n_gpu_layers": previous.n_gpu_layers,
-                    "n_ctx": previous.n_ctx,
-                    "kv_cache_type": previous.kv_cache_type,
-                    "flash_attn": previous.flash_attn,
-                    "n_threads": previous.n_threads,
-                }
-            )
+            self.store.update(load_settings(previous))
             self.store.save()
         except (SettingsValueError, OSError) as error:
             log.warning("could not restore the previous model settings: %s", error)

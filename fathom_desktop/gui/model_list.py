@@ -1,14 +1,20 @@
 """The GGUFs the user can pick: every file in the models folder, what its manifest says about it,
 and whether it fits the GPU at the current context length and KV cache type.
+
+Listing the folder, reading each file's header and asking NVML about the GPU can each stall on a
+slow disk or a sick driver, so `ModelList.scan` and `ModelList.check_gpu` do them in background
+threads (`gui/background.py`); the rows show "checking…" until their facts arrive. The fit badges
+are then computed on the GUI thread from the headers already read (arithmetic, no I/O), so they
+follow the dialog's context length and KV cache type at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import gguf
@@ -17,11 +23,13 @@ from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeWidget, QTree
 
 from fathom_desktop.engine import gpu_support, planner
 from fathom_desktop.engine.errors import ModelFileError
-from fathom_desktop.engine.gguf_check import check_model_file
+from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
 from fathom_desktop.engine.planner import GpuInfo
+from fathom_desktop.gui.background import BackgroundJobs
 
 GGUF_SUFFIX = ".gguf"
 CPU_ONLY = "CPU only"
+CHECKING = "checking…"
 
 
 @dataclass(frozen=True)
@@ -31,10 +39,21 @@ class ModelEntry:
     quant: str | None  # "Q4_K_M", "BF16", ...
     sha256: str | None
     in_manifest: bool
+    # Every path (absolute) found for this file: its name in the folder, a symlink, the path
+    # the settings use. Comparing against these needs no disk access on the GUI thread.
+    aliases: tuple[Path, ...] = ()
 
     @property
     def exists(self) -> bool:
         return self.size_bytes is not None
+
+    def is_file(self, path: Path | str) -> bool:
+        absolute = Path(path).absolute()
+        return absolute == self.path or absolute in self.aliases
+
+
+# What a header read found: the file's facts, or the one-line reason it cannot be used.
+ModelFacts = ModelFileInfo | str
 
 
 def _file_type_names() -> list[str]:
@@ -56,15 +75,18 @@ def quant_from_name(name: str) -> str | None:
     return match.group(1).upper() if match else None
 
 
-def _quant_of(path: Path) -> str | None:
-    """The name says it for files the pipeline wrote; otherwise the header's general.file_type."""
-    named = quant_from_name(path.name)
-    if named is not None:
-        return named
-    try:
-        return check_model_file(path).file_type
-    except ModelFileError:
-        return None
+# A folder of many GGUFs is read two headers at a time: a Fathom header holds 152k token strings,
+# and dozens of parallel reads would only make a spinning disk seek.
+_HEADER_READS = threading.BoundedSemaphore(2)
+
+
+def read_facts(path: Path) -> ModelFacts:
+    """Read one file's header (slow on a slow disk: call it off the GUI thread)."""
+    with _HEADER_READS:
+        try:
+            return check_model_file(path)
+        except ModelFileError as error:
+            return str(error)
 
 
 def _read_manifest(models_dir: Path) -> tuple[dict[str, tuple[str, int, str]], str | None]:
@@ -89,22 +111,31 @@ def discover_models(
     """Every GGUF in `models_dir`, plus `extra` files (the current model), sorted by name.
 
     Returns the entries and a one-line warning when the folder's manifest could not be read.
+    Reads the folder, the manifest and each file's size, not the files' headers: the quantization
+    comes from the manifest or the file name (`read_facts` has the header's).
     """
     manifest, warning = _read_manifest(models_dir) if models_dir.is_dir() else ({}, None)
     # Keyed by the file itself, so a symlink and its target are one entry; the path kept is the
     # one the user knows (the name in the folder, or the path they chose).
     found: dict[Path, Path] = {}
+    aliases: dict[Path, list[Path]] = {}
+
+    def add(path: Path) -> None:
+        identity = _identity(path)
+        found.setdefault(identity, path.absolute())
+        aliases.setdefault(identity, []).append(path.absolute())
+
     if models_dir.is_dir():
         for path in sorted(models_dir.iterdir()):
             # Hidden names are the pipeline's unfinished outputs.
             if path.suffix.lower() == GGUF_SUFFIX and not path.name.startswith("."):
-                found.setdefault(_identity(path), path.absolute())
+                add(path)
     for path in extra:
         if path is not None:
-            found.setdefault(_identity(Path(path)), Path(path).absolute())
+            add(Path(path))
     folder = models_dir.absolute()
     entries = []
-    for path in found.values():
+    for identity, path in found.items():
         try:
             size: int | None = path.stat().st_size
         except OSError:
@@ -114,9 +145,10 @@ def discover_models(
             ModelEntry(
                 path=path,
                 size_bytes=size,
-                quant=listed[0] if listed else _quant_of(path),
+                quant=listed[0] if listed else quant_from_name(path.name),
                 sha256=listed[2] if listed else None,
                 in_manifest=listed is not None,
+                aliases=(*aliases[identity], identity),
             )
         )
     entries.sort(key=lambda e: (e.path.name.lower(), str(e.path)))
@@ -172,41 +204,59 @@ def describe_gpu(gpu: GpuInfo | None) -> str:
     )
 
 
-@lru_cache(maxsize=256)
-def _plan_label(
-    path: Path, mtime_ns: int, n_ctx: int, kv_cache_type: str, flash_attn: bool, free: int
-) -> str:
-    plan = planner.plan_offload(path, n_ctx, kv_cache_type, free, flash_attn=flash_attn)  # type: ignore[arg-type]
-    return plan.label
+@dataclass(frozen=True)
+class FitInputs:
+    """What a fit depends on besides the file and the GPU (the dialog's current choices)."""
+
+    n_ctx: int
+    kv_cache_type: str
+    flash_attn: bool
 
 
-def fit_badge(
-    entry: ModelEntry, n_ctx: int, kv_cache_type: str, flash_attn: bool, gpu: GpuInfo | None
+def fit_from_facts(
+    entry: ModelEntry, facts: ModelFacts | None, inputs: FitInputs, gpu: GpuInfo | None
 ) -> str:
-    """The planner's verdict: "fits on GPU", "partial: 31/49 layers" or "CPU only"."""
+    """The planner's verdict, "fits on GPU", "partial: 31/49 layers" or "CPU only", from a
+    header already read: arithmetic only, fit for the GUI thread."""
     if not entry.exists:
         return "file missing"
     if gpu is None or gpu.problem is not None:
         return CPU_ONLY
-    try:
-        mtime_ns = entry.path.stat().st_mtime_ns
-        return _plan_label(entry.path, mtime_ns, n_ctx, kv_cache_type, flash_attn, gpu.free_bytes)
-    except ModelFileError:
+    if facts is None:
+        return CHECKING
+    if isinstance(facts, str):
         return "not a usable model"
-    except (OSError, ValueError, KeyError):
+    try:
+        profile = planner.profile_from_model_file(
+            facts,
+            n_ctx=inputs.n_ctx,
+            kv_cache_type=inputs.kv_cache_type,  # type: ignore[arg-type]
+            flash_attn=inputs.flash_attn,
+        )
+    except (ValueError, KeyError, IndexError):
         return "unreadable"
+    return profile.plan(gpu.free_bytes).label
 
 
 # -- the widget ------------------------------------------------------------------------------
 
 
 class ModelList(QTreeWidget):
-    """A table of GGUFs: file, quantization, size, fit; one can be selected."""
+    """A table of GGUFs: file, quantization, size, fit; one can be selected.
+
+    `scan` lists a folder and reads each file's header in the background, `check_gpu` asks NVML;
+    until their results arrive the cells they fill say "checking…".
+    """
 
     COLUMNS = ("File", "Quantization", "Size", "Fit")
     FILE, QUANT, SIZE, FIT = range(4)
 
     model_selected = Signal(object)  # Path
+    scanned = Signal(str)  # the manifest warning, "" when none; rows are listed
+    facts_checked = Signal(object)  # Path: its header was read (or refused)
+    gpu_checked = Signal(object)  # GpuInfo | None
+    file_added = Signal(object)  # Path: an added file was usable and is now selected
+    file_refused = Signal(str)  # why an added file cannot be used, one line
 
     def __init__(self, parent: object | None = None) -> None:
         super().__init__(parent)
@@ -220,7 +270,124 @@ class ModelList(QTreeWidget):
         for column in (self.QUANT, self.SIZE, self.FIT):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self._entries: list[ModelEntry] = []
+        self._facts: dict[Path, ModelFacts] = {}
+        self._fit_inputs: FitInputs | None = None
+        self._gpu: GpuInfo | None = None
+        self._gpu_known = False
+        self._scan_id = 0
+        self._jobs = BackgroundJobs(self)
         self.itemSelectionChanged.connect(self._emit_selection)
+
+    # -- background checks ---------------------------------------------------------------------
+
+    def scan(
+        self,
+        models_dir: Path,
+        extra: Iterable[Path | None] = (),
+        selected: Path | None = None,
+        *,
+        only: Iterable[Path] | None = None,
+        select_first: bool = False,
+    ) -> None:
+        """List `models_dir` (and `extra` files) and read every header, all in the background.
+
+        `only` keeps just those files; `select_first` selects the first row when `selected` is
+        None (a chooser; the settings dialog must not pick a model on its own).
+        """
+        self._scan_id += 1
+        scan_id = self._scan_id
+        extra = list(extra)
+        keep = list(only) if only is not None else None
+
+        def discover() -> tuple[list[ModelEntry], str | None]:
+            entries, warning = discover_models(models_dir, extra)
+            if keep is not None:
+                entries = [e for e in entries if any(same_file(e.path, p) for p in keep)]
+            return entries, warning
+
+        if not self._entries:
+            self._show_placeholder("Checking the models folder…")
+
+        def listed(result: tuple[list[ModelEntry], str | None]) -> None:
+            if scan_id != self._scan_id:
+                return  # a newer scan is on its way
+            entries, warning = result
+            first = entries[0].path if select_first and entries else None
+            self.set_entries(entries, selected if selected is not None else first)
+            self.scanned.emit(warning or "")
+            for entry in entries:
+                if entry.path not in self._facts:
+                    self._read_header(entry.path)  # a missing file's facts say it is missing
+
+        self._jobs.run(discover, listed, self._listing_failed)
+
+    def check_gpu(self) -> None:
+        """Ask NVML (and the llama.cpp build) about the GPU in the background."""
+        self._gpu_known = False
+        self.set_fits()
+
+        def found(gpu: GpuInfo | None) -> None:
+            self.set_gpu(gpu)
+            self.gpu_checked.emit(gpu)
+
+        self._jobs.run(probe_gpu, found)
+
+    def set_gpu(self, gpu: GpuInfo | None) -> None:
+        """The GPU the badges plan for (None: no usable GPU, every badge says CPU only)."""
+        self._gpu, self._gpu_known = gpu, True
+        self.set_fits()
+
+    def add_file(self, path: Path, models_dir: Path, extra: Iterable[Path | None]) -> None:
+        """Check a file from elsewhere in the background; `file_added` or `file_refused` tells."""
+        path, extra = Path(path), list(extra)
+
+        def checked(facts: ModelFacts) -> None:
+            if isinstance(facts, str):
+                self.file_refused.emit(facts)
+                return
+            self._facts[path.absolute()] = facts
+            self.scan(models_dir, [*extra, path], path)
+            self.scanned_once_then(lambda: self.file_added.emit(path))
+
+        self._jobs.run(lambda: read_facts(path), checked)
+
+    def scanned_once_then(self, call: Callable[[], None]) -> None:
+        """Run `call` after the next scan's rows are listed."""
+
+        def once(_warning: str) -> None:
+            self.scanned.disconnect(once)
+            call()
+
+        self.scanned.connect(once)
+
+    def busy(self) -> bool:
+        """Whether a listing, header read or GPU check is still on its way."""
+        return self._jobs.pending() > 0
+
+    def _read_header(self, path: Path) -> None:
+        def read(facts: ModelFacts) -> None:
+            self._facts[path] = facts
+            self._show_facts(path)
+            self.facts_checked.emit(path)
+
+        self._jobs.run(lambda: read_facts(path), read)
+
+    def _listing_failed(self, error: BaseException) -> None:
+        self._show_placeholder(f"Could not read the models folder: {error}")
+        self.scanned.emit("")
+
+    def _show_placeholder(self, text: str) -> None:
+        self._entries = []
+        self.blockSignals(True)
+        try:
+            self.clear()
+            item = QTreeWidgetItem([text, "", "", ""])
+            item.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.addTopLevelItem(item)
+        finally:
+            self.blockSignals(False)
+
+    # -- rows ----------------------------------------------------------------------------------
 
     def set_entries(self, entries: list[ModelEntry], selected: Path | None = None) -> None:
         self._entries = list(entries)
@@ -229,7 +396,7 @@ class ModelList(QTreeWidget):
             self.clear()
             for entry in self._entries:
                 item = QTreeWidgetItem(
-                    [entry.path.name, entry.quant or "?", human_size(entry.size_bytes), ""]
+                    [entry.path.name, self._quant_text(entry), human_size(entry.size_bytes), ""]
                 )
                 item.setData(self.FILE, Qt.ItemDataRole.UserRole, str(entry.path))
                 tip = str(entry.path)
@@ -238,38 +405,74 @@ class ModelList(QTreeWidget):
                 item.setToolTip(self.FILE, tip)
                 item.setTextAlignment(self.SIZE, Qt.AlignmentFlag.AlignRight)
                 self.addTopLevelItem(item)
-                if selected is not None and same_file(entry.path, selected):
+                if selected is not None and entry.is_file(selected):
                     item.setSelected(True)
                     self.setCurrentItem(item)
         finally:
             self.blockSignals(False)
+        self.set_fits()
 
-    def set_fits(self, badge: Callable[[ModelEntry], str]) -> None:
+    def set_fit_inputs(self, inputs: FitInputs) -> None:
+        """Badges for this context length, KV cache type and flash attention, from the headers."""
+        self._fit_inputs = inputs
+        self.set_fits()
+
+    def set_fits(self) -> None:
+        """Fill the Fit column from the headers read so far."""
         for row, entry in enumerate(self._entries):
+            if not self._gpu_known or self._fit_inputs is None:
+                text = CHECKING if entry.exists else "file missing"
+            else:
+                facts = self._facts.get(entry.path)
+                text = fit_from_facts(entry, facts, self._fit_inputs, self._gpu)
             item = self.topLevelItem(row)
-            text = badge(entry)
             item.setText(self.FIT, text)
             item.setToolTip(self.FIT, text)
+
+    def _show_facts(self, path: Path) -> None:
+        for row, entry in enumerate(self._entries):
+            if entry.path == path:
+                self.topLevelItem(row).setText(self.QUANT, self._quant_text(entry))
+        self.set_fits()
+
+    def _quant_text(self, entry: ModelEntry) -> str:
+        if entry.quant:
+            return entry.quant
+        facts = self._facts.get(entry.path)
+        if facts is None:
+            return CHECKING if entry.exists else "?"
+        return facts.file_type if not isinstance(facts, str) else "?"
+
+    def facts(self, path: Path | str) -> ModelFacts | None:
+        """The header read for `path` (the facts or why it is unusable); None until read."""
+        entry = self.entry_for(path)
+        return self._facts.get(entry.path) if entry is not None else None
+
+    def entry_for(self, path: Path | str) -> ModelEntry | None:
+        for entry in self._entries:
+            if entry.is_file(path):
+                return entry
+        return None
 
     def entries(self) -> list[ModelEntry]:
         return list(self._entries)
 
     def fit_text(self, path: Path) -> str | None:
         for row, entry in enumerate(self._entries):
-            if same_file(entry.path, path):
+            if entry.is_file(path):
                 return self.topLevelItem(row).text(self.FIT)
         return None
 
     def selected_path(self) -> Path | None:
         items = self.selectedItems()
-        if not items:
+        if not items or not self._entries:
             return None
         return Path(items[0].data(self.FILE, Qt.ItemDataRole.UserRole))
 
     def select_path(self, path: Path) -> None:
-        for row in range(self.topLevelItemCount()):
-            item = self.topLevelItem(row)
-            if same_file(item.data(self.FILE, Qt.ItemDataRole.UserRole), path):
+        for row, entry in enumerate(self._entries):
+            if entry.is_file(path):
+                item = self.topLevelItem(row)
                 self.setCurrentItem(item)
                 item.setSelected(True)
                 return

@@ -3,11 +3,12 @@
 Nothing changes until Apply or OK. Then every value is validated together (including the rules
 that involve more than one setting and the chosen model's trained context); a refused value keeps
 the dialog open with the reason shown, and accepted ones are saved and announced via `applied`.
+The model list reads the files and asks about the GPU in the background (`ModelList.scan`), so
+the dialog opens at once however slow the disk; what is not known yet reads "checking…".
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -34,20 +35,12 @@ from PySide6.QtWidgets import (
 )
 
 from fathom_desktop import paths
-from fathom_desktop.engine.errors import ModelFileError
-from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
-from fathom_desktop.gui.model_list import (
-    ModelList,
-    describe_gpu,
-    discover_models,
-    fit_badge,
-    probe_gpu,
-    same_file,
-)
+from fathom_desktop.engine.gguf_check import ModelFileInfo
+from fathom_desktop.engine.planner import GpuInfo, offloadable_layers
+from fathom_desktop.gui.model_list import FitInputs, ModelList, describe_gpu
 from fathom_desktop.settings import (
     SETTINGS,
     SETTINGS_BY_KEY,
-    SYSTEM_PRESET_TEXT,
     Setting,
     SettingGroup,
     SettingsSaveError,
@@ -56,11 +49,10 @@ from fathom_desktop.settings import (
     SystemPreset,
     Theme,
     defaults,
+    describe_preset,
 )
 
 MODEL_KEY = "model_path"
-# Spin-box steps where 1 is too fine to be useful.
-_STEPS = {"n_ctx": 1024, "max_tokens": 256, "thinking_budget": 256, "temperature": 0.05}
 ERROR_STYLE = "color: #b00020;"
 HELP_STYLE = "color: palette(placeholder-text);"
 
@@ -94,14 +86,14 @@ class _Editor:
                 low -= 1
                 spin.setSpecialValueText(s.none_label)
             spin.setRange(low, int(s.maximum if s.maximum is not None else 2**31 - 1))
-            spin.setSingleStep(int(_STEPS.get(s.key, 1)))
+            spin.setSingleStep(int(s.step or 1))
             spin.setAccelerated(True)
             return spin
         if s.type is float:
             spin = QDoubleSpinBox()
             spin.setDecimals(s.decimals)
             spin.setRange(s.minimum or 0.0, s.maximum if s.maximum is not None else 1e9)
-            spin.setSingleStep(float(_STEPS.get(s.key, 0.01)))
+            spin.setSingleStep(s.step or 10.0**-s.decimals)
             return spin
         if s.multiline:
             text = QPlainTextEdit()
@@ -156,20 +148,6 @@ class _Editor:
         getattr(w, signal).connect(slot)
 
 
-@lru_cache(maxsize=64)
-def _model_info(path: str, mtime_ns: int) -> ModelFileInfo:
-    return check_model_file(Path(path))
-
-
-def check_model(path: Path) -> ModelFileInfo:
-    """The model's facts, or ModelFileError with the one-line reason it cannot be used."""
-    try:
-        mtime_ns = path.stat().st_mtime_ns
-    except OSError:
-        mtime_ns = 0  # check_model_file says what is wrong with the path
-    return _model_info(str(path), mtime_ns)
-
-
 def _with_help(widget: QWidget, help_text: str) -> QWidget:
     if not help_text or isinstance(widget, QPlainTextEdit):
         return widget
@@ -202,7 +180,6 @@ class SettingsDialog(QDialog):
         self.setMinimumWidth(640)
         self._store = store
         self._models_dir = models_dir if models_dir is not None else paths.models_dir()
-        self._gpu = probe_gpu()
         self._extra_models: list[Path] = []
         self._editors: dict[str, _Editor] = {}
 
@@ -265,11 +242,19 @@ class SettingsDialog(QDialog):
         box = QWidget()
         layout = QVBoxLayout(box)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.gpu_label = QLabel(describe_gpu(self._gpu))
+        self.gpu_label = QLabel("GPU: checking…")
         self.gpu_label.setObjectName("gpu")
         self.gpu_label.setTextFormat(Qt.TextFormat.PlainText)
         self.model_list = ModelList()
         self.model_list.setMinimumHeight(150)
+        self.model_list.gpu_checked.connect(self._show_gpu)
+        self.model_list.scanned.connect(self._show_manifest_warning)
+        self.model_list.file_added.connect(self._file_added)
+        self.model_list.file_refused.connect(self._show_error)
+        self.model_list.model_selected.connect(self._show_layer_count)
+        self.model_list.facts_checked.connect(self._show_layer_count)
+        self.model_list.scanned.connect(self._show_layer_count)
+        self.model_list.check_gpu()
         self.manifest_label = QLabel()
         self.manifest_label.setWordWrap(True)
         self.manifest_label.setTextFormat(Qt.TextFormat.PlainText)
@@ -290,18 +275,33 @@ class SettingsDialog(QDialog):
         return box
 
     def _populate_models(self, selected: Path | None) -> None:
-        entries, warning = discover_models(self._models_dir, [selected, *self._extra_models])
-        self.model_list.set_entries(entries, selected)
+        self.model_list.scan(self._models_dir, [selected, *self._extra_models], selected)
+        self._refresh_fits()
+
+    def _show_gpu(self, gpu: GpuInfo | None) -> None:
+        self.gpu_label.setText(describe_gpu(gpu))
+
+    def _show_layer_count(self, *_args: object) -> None:
+        """Read "20 / 49 layers": the GPU layers editor counts as the status bar and badges do."""
+        selected = self.model_list.selected_path()
+        facts = self.model_list.facts(selected) if selected is not None else None
+        spin = self._editors["n_gpu_layers"].widget
+        assert isinstance(spin, QSpinBox)
+        if isinstance(facts, ModelFileInfo):
+            spin.setSuffix(f" / {offloadable_layers(facts.n_layers)} layers")
+        else:
+            spin.setSuffix("")
+
+    def _show_manifest_warning(self, warning: str) -> None:
         self.manifest_label.setVisible(bool(warning))
         self.manifest_label.setText(f"manifest.json ignored: {warning}" if warning else "")
-        self._refresh_fits()
 
     def _refresh_fits(self) -> None:
         n_ctx = int(self._editors["n_ctx"].value())  # type: ignore[arg-type]
         kv = str(self._editors["kv_cache_type"].value())
         # Auto means on wherever llama.cpp has it, which is every build the app ships.
         flash_attn = self._editors["flash_attn"].value() is not False
-        self.model_list.set_fits(lambda entry: fit_badge(entry, n_ctx, kv, flash_attn, self._gpu))
+        self.model_list.set_fit_inputs(FitInputs(n_ctx, kv, flash_attn))
 
     def _browse_model(self) -> None:
         name, _ = QFileDialog.getOpenFileName(
@@ -310,17 +310,16 @@ class SettingsDialog(QDialog):
         if name:
             self.add_model_file(Path(name))
 
-    def add_model_file(self, path: Path) -> bool:
-        """Offer a file from outside the models folder; a bad file is refused with its reason."""
-        try:
-            check_model(path)
-        except ModelFileError as error:
-            self._show_error(str(error))
-            return False
+    def add_model_file(self, path: Path) -> None:
+        """Offer a file from outside the models folder, checked in the background: it is listed
+        and selected when usable, or refused with its reason."""
+        current = self._store.get(MODEL_KEY)
+        extra = [Path(str(current)) if current else None, *self._extra_models]
+        self.model_list.add_file(path, self._models_dir, extra)
+
+    def _file_added(self, path: Path) -> None:
         self._extra_models.append(path)
-        self._populate_models(path)
         self._clear_error()
-        return True
 
     # -- values ----------------------------------------------------------------------------
 
@@ -333,14 +332,7 @@ class SettingsDialog(QDialog):
     def _sync_system_prompt(self) -> None:
         preset = str(self._editors["system_preset"].value())
         self._editors["system_prompt"].widget.setEnabled(preset == SystemPreset.CUSTOM.value)
-        text = SYSTEM_PRESET_TEXT[preset]
-        if text is None:
-            preview = "The model is sent the text below as its system message."
-        elif text:
-            preview = f"The model is sent this system message: {text}"
-        else:
-            preview = "No system message is sent."
-        self.preset_preview.setText(preview)
+        self.preset_preview.setText(describe_preset(preset))
 
     def editor(self, key: str) -> QWidget:
         """The widget that edits `key` (for tests and for focusing a refused value)."""
@@ -351,7 +343,8 @@ class SettingsDialog(QDialog):
         values = {key: editor.value() for key, editor in self._editors.items()}
         selected = self.model_list.selected_path()
         current = self._store.get(MODEL_KEY)
-        if selected is None or (current and same_file(selected, str(current))):
+        entry = self.model_list.entry_for(selected) if selected is not None else None
+        if selected is None or (current and entry is not None and entry.is_file(str(current))):
             # The same file under the name the settings already use: not a change, no reload.
             values[MODEL_KEY] = current
         else:
@@ -391,12 +384,17 @@ class SettingsDialog(QDialog):
         if not model:
             return
         path = Path(str(model))
-        try:
-            limit = check_model(path).n_ctx_train
-        except ModelFileError as error:
+        facts = self.model_list.facts(path)
+        if facts is None:
+            # Its header is still being read (the list says "checking…"); never wait for it here.
+            raise SettingsValueError(
+                MODEL_KEY, f"Still checking {path.name}; apply again in a moment."
+            )
+        if isinstance(facts, str):
             if model != self._store.get(MODEL_KEY):
-                raise SettingsValueError(MODEL_KEY, str(error)) from None
+                raise SettingsValueError(MODEL_KEY, facts)
             return  # the current model went missing; the window reports that when it loads
+        limit = facts.n_ctx_train
         n_ctx = values["n_ctx"]
         if isinstance(n_ctx, int) and n_ctx > limit:
             raise SettingsValueError(

@@ -1,4 +1,5 @@
-"""The list of conversations: new, search (titles and message text), rename in place, delete."""
+"""The list of conversations: new, search (titles and message text), rename in place, export,
+delete."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class ConversationSidebar(QWidget):
     new_requested = Signal()
     search_changed = Signal(str)
     rename_requested = Signal(int, str)
+    export_requested = Signal(int)
     delete_requested = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -118,14 +120,21 @@ class ConversationSidebar(QWidget):
         item = self.list.itemAt(position)
         if item is None:
             return
+        self.context_menu_for(item).exec(self.list.viewport().mapToGlobal(position))
+
+    def context_menu_for(self, item: QListWidgetItem) -> QMenu:
+        """What right-clicking a conversation offers: Rename, Export…, Delete…."""
         menu = QMenu(self)
         rename = QAction("Rename", menu)
         rename.triggered.connect(lambda: self.list.editItem(item))
+        export = QAction("Export…", menu)
+        export.triggered.connect(lambda: self.export_requested.emit(int(item.data(_ID_ROLE))))
         delete = QAction("Delete…", menu)
         delete.triggered.connect(lambda: self._confirm_delete(item))
         menu.addAction(rename)
+        menu.addAction(export)
         menu.addAction(delete)
-        menu.exec(self.list.viewport().mapToGlobal(position))
+        return menu
 
     def _confirm_delete_current(self) -> None:
         item = self.list.currentItem()

@@ -131,3 +131,14 @@ def test_majority_vote_is_at_least_as_accurate_as_single_samples(demo_engine) ->
     # Compare rates: votes right per problem against samples right per sample.
     assert voted_right / len(problems) >= single_right / (k * len(problems))
     assert voted_right >= len(problems) // 2  # so that the comparison above is not 0 >= 0
+
+
+def test_the_welcome_views_examples_are_answered_right(demo_engine) -> None:  # noqa: ANN001
+    """The three prompts an empty chat offers with the demo are ones it gets right, sent as the
+    window's default preset sends them (the evaluation instruction added to the message)."""
+    from fathom_desktop.gui.welcome import DEMO_PROMPTS
+
+    expected = ("110", "52", "168")
+    for question, answer in zip(DEMO_PROMPTS, expected, strict=True):
+        finished = _reply(demo_engine, f"{question}\n{FATHOM_EVAL_INSTRUCTION}")
+        assert extract_boxed(finished.answer) == answer, (question, finished.answer)

@@ -468,6 +468,7 @@ def test_settings_dialog_changes_reload_the_model_and_keep_the_chat(make_window,
     window.open_settings()
     dialog = window.findChild(SettingsDialog)
     assert dialog is not None and dialog.isVisible()
+    qtbot.waitUntil(lambda: not dialog.model_list.busy())  # the model's header, read aside
     dialog.editor("n_ctx").setValue(8192)
     assert dialog.apply()
     wait_idle(qtbot, window)

@@ -128,10 +128,13 @@ def test_offers_models_already_in_the_folder(qtbot, tmp_path: Path) -> None:
     write_model_header(folder / "Fathom-R1-14B-Q4_K_M.gguf")
     dialog = FirstRunDialog()
     qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: not dialog.busy())  # the folder and the GPU are read aside
     assert not dialog.existing_button.isHidden()
     assert "1 found" in dialog.existing_button.text()
+    assert dialog.gpu_label.text() == "GPU: Fake RTX 4060, 7.6 GiB free of 8.0 GiB"
     dialog.existing_button.click()
     assert dialog.page() is Page.CHOOSE
+    qtbot.waitUntil(lambda: not dialog.busy())
     item = dialog.model_list.topLevelItem(0)
     assert item.text(0) == "Fathom-R1-14B-Q4_K_M.gguf"
     assert item.text(3).startswith("partial: ")  # 14B at Q4_K_M on an 8 GB card
@@ -141,7 +144,8 @@ def test_offers_models_already_in_the_folder(qtbot, tmp_path: Path) -> None:
     assert dialog.chosen_path == folder / "Fathom-R1-14B-Q4_K_M.gguf"
 
 
-def test_empty_folder_hides_the_existing_models_button(dialog: FirstRunDialog) -> None:
+def test_empty_folder_hides_the_existing_models_button(dialog: FirstRunDialog, qtbot) -> None:
+    qtbot.waitUntil(lambda: not dialog.busy())
     assert dialog.existing_button.isHidden()
 
 
@@ -305,6 +309,7 @@ def test_converts_a_checkpoint_then_quantizes_the_chosen_level(
     qtbot.waitUntil(lambda: dialog.page() is not Page.WORKING, timeout=JOB_TIMEOUT_MS)
     assert dialog.error_text() == ""
     assert dialog.page() is Page.CHOOSE
+    qtbot.waitUntil(lambda: not dialog.busy())
     q8 = models / f"{tiny_checkpoint.name}-Q8_0.gguf"
     assert q8.is_file() and not bf16.exists()  # the BF16 was not asked to be kept
     assert dialog.model_list.topLevelItemCount() == 1

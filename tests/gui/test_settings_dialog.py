@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
 import gguf
@@ -19,7 +20,7 @@ from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, LoadOptions
 from fathom_desktop.gui import model_list
 from fathom_desktop.gui.settings_dialog import SettingsDialog, apply_theme
-from fathom_desktop.settings import SettingsStore
+from fathom_desktop.settings import SettingsStore, describe_preset
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FAKE_GPU = GpuInfo(name="Fake RTX 4060", total_bytes=8 * 2**30, free_bytes=int(7.6 * 2**30))
@@ -163,6 +164,18 @@ def models_dir(model_files: dict[str, Path]) -> Path:
     return folder
 
 
+def _open(qtbot, store: SettingsStore) -> SettingsDialog:
+    """A dialog whose files and GPU have been checked (in the background)."""
+    dialog = SettingsDialog(store)
+    qtbot.addWidget(dialog)
+    _settle(qtbot, dialog)
+    return dialog
+
+
+def _settle(qtbot, dialog: SettingsDialog) -> None:
+    qtbot.waitUntil(lambda: not dialog.model_list.busy(), timeout=10_000)
+
+
 def _rows(dialog: SettingsDialog) -> dict[str, tuple[str, str, str]]:
     tree = dialog.model_list
     rows = {}
@@ -189,8 +202,7 @@ def test_lists_every_gguf_with_size_and_fit_badge(
 ) -> None:
     store = SettingsStore.load()
     store.set("model_path", str(model_files["tiny"]))  # the current model, outside the folder
-    dialog = SettingsDialog(store)
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, store)
     dialog.show()
 
     assert dialog.gpu_label.text() == "GPU: Fake RTX 4060, 7.6 GiB free of 8.0 GiB"
@@ -205,6 +217,13 @@ def test_lists_every_gguf_with_size_and_fit_badge(
     # A 14B model does not fit 8 GB whole; the bigger quantization fits fewer layers.
     assert _partial_layers(q8_fit) < _partial_layers(q4_fit)
     assert dialog.model_list.selected_path() == model_files["tiny"]
+    # The GPU layers editor counts the selected model's layers as the badges and status bar do.
+    layers = dialog.editor("n_gpu_layers")
+    assert layers.text() == "auto"
+    layers.setValue(2)
+    assert layers.text() == "2 / 3 layers"  # two blocks and the output layer
+    dialog.model_list.select_path(models_dir / "Fathom-R1-14B-Q4_K_M.gguf")
+    assert layers.text() == "2 / 49 layers"
     # What the manifest says about a file shows too.
     assert "sha256 " + "ab" * 32 in dialog.model_list.topLevelItem(0).toolTip(0)
     _shot(dialog, "settings_dialog_models.png")
@@ -222,8 +241,7 @@ def test_without_a_gpu_everything_runs_on_the_cpu(
     qtbot, monkeypatch: pytest.MonkeyPatch, models_dir: Path
 ) -> None:
     monkeypatch.setattr(planner, "detect_gpu", lambda: None)
-    dialog = SettingsDialog(SettingsStore.load())
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, SettingsStore.load())
     assert dialog.gpu_label.text() == "No GPU detected: models run on the CPU."
     assert {row[2] for row in _rows(dialog).values()} == {"CPU only"}
 
@@ -233,8 +251,7 @@ def test_a_gpu_this_llama_cpp_cannot_use_is_named_and_nothing_promises_it(
 ) -> None:
     # This machine's llama.cpp is the CPU build (as the CPU package is on a gaming PC).
     monkeypatch.setattr(planner, "detect_gpu", lambda: FAKE_GPU)
-    dialog = SettingsDialog(SettingsStore.load())
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, SettingsStore.load())
     assert dialog.gpu_label.text() == (
         "GPU: Fake RTX 4060. This is the CPU build of Fathom Desktop: models run on the CPU only."
     )
@@ -248,8 +265,7 @@ def test_a_gpu_this_llama_cpp_cannot_use_is_named_and_nothing_promises_it(
         lambda: GpuInfo("NVIDIA GeForce GTX 1080", 8 * 2**30, 7 * 2**30, (6, 1), 13000),
     )
     monkeypatch.setattr(gpu_support, "current_build", lambda: CudaBuild((750, 860), 13000))
-    dialog = SettingsDialog(SettingsStore.load())
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, SettingsStore.load())
     assert "compute capability 6.1) is older than this build supports" in dialog.gpu_label.text()
     assert {row[2] for row in _rows(dialog).values()} == {"CPU only"}
 
@@ -258,8 +274,7 @@ def test_a_damaged_manifest_does_not_hide_the_models(
     qtbot, fake_gpu: GpuInfo, models_dir: Path
 ) -> None:
     (models_dir / "manifest.json").write_text("{ not json")
-    dialog = SettingsDialog(SettingsStore.load())
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, SettingsStore.load())
     assert len(_rows(dialog)) == 2
     assert dialog.manifest_label.text().startswith("manifest.json ignored:")
 
@@ -268,8 +283,7 @@ def test_choosing_a_model_and_sampling_persists_and_announces(
     qtbot, fake_gpu: GpuInfo, models_dir: Path
 ) -> None:
     store = SettingsStore.load()
-    dialog = SettingsDialog(store)
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, store)
     q8 = models_dir / "Fathom-R1-14B-Q8_0.gguf"
     dialog.model_list.select_path(q8)
     dialog.editor("temperature").setValue(0.75)
@@ -287,8 +301,7 @@ def test_choosing_a_model_and_sampling_persists_and_announces(
 
 
 def test_special_values_read_as_words(qtbot, fake_gpu: GpuInfo, models_dir: Path) -> None:
-    dialog = SettingsDialog(SettingsStore.load())
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, SettingsStore.load())
     layers = dialog.editor("n_gpu_layers")
     assert isinstance(layers, QSpinBox) and layers.text() == "auto"
     assert dialog.editor("seed").text() == "random"
@@ -302,8 +315,7 @@ def test_quantized_kv_without_flash_attention_is_refused(
     qtbot, fake_gpu: GpuInfo, models_dir: Path
 ) -> None:
     store = SettingsStore.load()
-    dialog = SettingsDialog(store)
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, store)
     dialog.show()
     dialog.editor("kv_cache_type").setCurrentIndex(dialog.editor("kv_cache_type").findData("q8_0"))
     dialog.editor("flash_attn").setCurrentIndex(dialog.editor("flash_attn").findData(False))
@@ -328,8 +340,7 @@ def test_context_beyond_the_models_training_is_refused(
 ) -> None:
     store = SettingsStore.load()
     store.set("model_path", str(model_files["tiny"]))
-    dialog = SettingsDialog(store)
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, store)
     dialog.editor("n_ctx").setValue(32768)
     assert not dialog.apply()
     assert dialog.error_text() == (
@@ -344,9 +355,9 @@ def test_a_bad_model_file_is_refused_with_its_reason(
 ) -> None:
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 10)
-    dialog = SettingsDialog(SettingsStore.load())
-    qtbot.addWidget(dialog)
-    assert not dialog.add_model_file(bad)
+    dialog = _open(qtbot, SettingsStore.load())
+    dialog.add_model_file(bad)
+    qtbot.waitUntil(lambda: dialog.error_text() != "")
     assert dialog.error_text().startswith("broken.gguf is damaged or incomplete")
     assert "broken.gguf" not in _rows(dialog)
 
@@ -354,9 +365,10 @@ def test_a_bad_model_file_is_refused_with_its_reason(
 def test_adding_a_good_file_from_elsewhere_selects_it(
     qtbot, fake_gpu: GpuInfo, models_dir: Path, model_files: dict[str, Path]
 ) -> None:
-    dialog = SettingsDialog(SettingsStore.load())
-    qtbot.addWidget(dialog)
-    assert dialog.add_model_file(model_files["tiny"])
+    dialog = _open(qtbot, SettingsStore.load())
+    with qtbot.waitSignal(dialog.model_list.file_added):
+        dialog.add_model_file(model_files["tiny"])
+    _settle(qtbot, dialog)
     assert _rows(dialog)["tiny.gguf"][2] == "fits on GPU"
     assert dialog.values()["model_path"] == str(model_files["tiny"])
 
@@ -366,8 +378,7 @@ def test_restore_defaults_and_cancel_change_nothing_until_applied(
 ) -> None:
     store = SettingsStore.load()
     store.update({"top_k": 5, "theme": "dark"})
-    dialog = SettingsDialog(store)
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, store)
     assert dialog.editor("top_k").value() == 5
     dialog.buttons.button(QDialogButtonBox.StandardButton.RestoreDefaults).click()
     assert dialog.values()["top_k"] == 40 and dialog.values()["theme"] == "system"
@@ -380,14 +391,16 @@ def test_custom_system_prompt_is_editable_only_when_chosen(
     qtbot, fake_gpu: GpuInfo, models_dir: Path
 ) -> None:
     store = SettingsStore.load()
-    dialog = SettingsDialog(store)
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, store)
     prompt = dialog.editor("system_prompt")
     assert not prompt.isEnabled()
-    assert dialog.preset_preview.text().endswith(FATHOM_EVAL_INSTRUCTION)
+    # Fathom's instruction goes into your message, not a system message, and the dialog says so.
+    assert dialog.preset_preview.text().startswith("No system message is sent.")
+    assert f"added below it: “{FATHOM_EVAL_INSTRUCTION}”" in dialog.preset_preview.text()
     preset = dialog.editor("system_preset")
     preset.setCurrentIndex(preset.findData("none"))
-    assert dialog.preset_preview.text() == "No system message is sent."
+    assert dialog.preset_preview.text() == describe_preset("none")
+    assert "as you wrote them" in dialog.preset_preview.text()
     preset.setCurrentIndex(preset.findData("custom"))
     assert prompt.isEnabled()
     prompt.setPlainText("Answer briefly.")
@@ -401,7 +414,8 @@ def test_custom_system_prompt_is_editable_only_when_chosen(
 
 def test_fit_badge_of_a_missing_file() -> None:
     entry = model_list.ModelEntry(Path("/nowhere/x.gguf"), None, None, None, False)
-    assert model_list.fit_badge(entry, 16384, "f16", True, FAKE_GPU) == "file missing"
+    inputs = model_list.FitInputs(16384, "f16", True)
+    assert model_list.fit_from_facts(entry, None, inputs, FAKE_GPU) == "file missing"
     assert model_list.quant_from_name("Fathom-R1-14B-IQ4_XS.gguf") == "IQ4_XS"
     assert model_list.quant_from_name("fathom-q5_k_m.gguf") == "Q5_K_M"
     assert model_list.quant_from_name("fathom.gguf") is None
@@ -415,8 +429,7 @@ def test_theme_switches_the_palette_and_back(qtbot, fake_gpu: GpuInfo, models_di
     try:
         apply_theme("dark")
         assert app.palette().window().color().lightness() < 60
-        dialog = SettingsDialog(SettingsStore.load())
-        qtbot.addWidget(dialog)
+        dialog = _open(qtbot, SettingsStore.load())
         _shot(dialog, "settings_dialog_dark.png")
         apply_theme("light")
         assert app.palette().window().color().lightness() > 200
@@ -429,8 +442,7 @@ def test_unchanged_dialog_applies_nothing(qtbot, fake_gpu: GpuInfo, models_dir: 
     store = SettingsStore.load()
     # A models-folder symlink: the list shows it, and applying must not count it as a new model.
     store.set("model_path", str(models_dir / "Fathom-R1-14B-Q4_K_M.gguf"))
-    dialog = SettingsDialog(store)
-    qtbot.addWidget(dialog)
+    dialog = _open(qtbot, store)
     assert dialog.model_list.selected_path() == models_dir / "Fathom-R1-14B-Q4_K_M.gguf"
     with qtbot.assertNotEmitted(dialog.applied):
         assert dialog.apply()
@@ -440,9 +452,10 @@ def test_a_converted_model_is_checked_against_its_own_context(
     qtbot, fake_gpu: GpuInfo, models_dir: Path, tiny_gguf_f32: Path
 ) -> None:
     store = SettingsStore.load()
-    dialog = SettingsDialog(store)
-    qtbot.addWidget(dialog)
-    assert dialog.add_model_file(tiny_gguf_f32)
+    dialog = _open(qtbot, store)
+    with qtbot.waitSignal(dialog.model_list.file_added):
+        dialog.add_model_file(tiny_gguf_f32)
+    _settle(qtbot, dialog)
     row = _rows(dialog)[tiny_gguf_f32.name]
     assert row[0] == "F32" and row[2] == "fits on GPU"
     # The tiny test model was trained with a 4,096-token context; the default 16,384 is refused.
@@ -452,3 +465,50 @@ def test_a_converted_model_is_checked_against_its_own_context(
     dialog.editor("n_ctx").setValue(4096)
     assert dialog.apply()
     assert store.load_options() == LoadOptions(model_path=tiny_gguf_f32, n_ctx=4096)
+
+
+def test_a_slow_disk_or_driver_never_blocks_the_dialog(
+    qtbot, monkeypatch: pytest.MonkeyPatch, models_dir: Path
+) -> None:
+    # Header reads and the NVML query hang until released, as on a sleeping disk or a sick driver.
+    release = threading.Event()
+    real_check = model_list.check_model_file
+
+    def slow_check(path: Path):
+        release.wait(30)
+        return real_check(path)
+
+    def slow_gpu() -> GpuInfo:
+        release.wait(30)
+        return FAKE_GPU
+
+    monkeypatch.setattr(model_list, "check_model_file", slow_check)
+    monkeypatch.setattr(planner, "detect_gpu", slow_gpu)
+    monkeypatch.setattr(gpu_support, "usability_problem", lambda _gpu: None)
+    store = SettingsStore.load()
+    dialog = SettingsDialog(store)  # returns while every read is still hanging
+    qtbot.addWidget(dialog)
+    dialog.show()
+    assert not release.is_set()
+    assert dialog.gpu_label.text() == "GPU: checking…"
+    qtbot.waitUntil(lambda: len(_rows(dialog)) == 2)  # listing the folder reads no header
+    assert {row[2] for row in _rows(dialog).values()} == {"checking…"}
+    # Named by the manifest or the file name, the quantization needs no header.
+    assert _rows(dialog)["Fathom-R1-14B-Q8_0.gguf"][0] == "Q8_0"
+    _shot(dialog, "settings_dialog_checking.png")
+
+    # The dialog works meanwhile, and never waits for a header to apply a choice.
+    dialog.editor("n_ctx").setValue(8192)
+    dialog.model_list.select_path(models_dir / "Fathom-R1-14B-Q8_0.gguf")
+    assert not dialog.apply()
+    assert dialog.error_text() == "Still checking Fathom-R1-14B-Q8_0.gguf; apply again in a moment."
+    assert store.get("model_path") is None
+
+    release.set()
+    _settle(qtbot, dialog)
+    assert dialog.gpu_label.text() == "GPU: Fake RTX 4060, 7.6 GiB free of 8.0 GiB"
+    for _quant, _size, fit in _rows(dialog).values():
+        assert fit.startswith("partial: ")
+    assert dialog.apply()
+    assert store.get("n_ctx") == 8192
+    assert store.get("model_path") == str(models_dir / "Fathom-R1-14B-Q8_0.gguf")

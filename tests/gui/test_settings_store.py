@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 from fathom_desktop import paths
-from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, LoadOptions, SamplingParams
+from fathom_desktop.engine import llama_backend, planner
+from fathom_desktop.engine.chat_template import with_eval_instruction
+from fathom_desktop.engine.types import (
+    FATHOM_EVAL_INSTRUCTION,
+    ChatMessage,
+    LoadOptions,
+    SamplingParams,
+)
 from fathom_desktop.settings import (
+    LOAD_KEYS,
     SCHEMA_VERSION,
     SETTINGS,
     SETTINGS_BY_KEY,
@@ -17,6 +25,8 @@ from fathom_desktop.settings import (
     SettingsStore,
     SettingsValueError,
     defaults,
+    describe_preset,
+    load_settings,
 )
 
 # The issue names these; the table may grow but must keep them.
@@ -49,7 +59,8 @@ def test_defaults_follow_fathom_and_the_engine() -> None:
     assert store.get("n_gpu_layers") is None  # auto
     assert store.get("theme") == "system"
     assert store.sampling() == SamplingParams()
-    assert store.system_prompt() == FATHOM_EVAL_INSTRUCTION
+    # Fathom's evaluation preset sends no system message: its instruction is in the user's turn.
+    assert store.get("system_preset") == "fathom_eval" and store.system_prompt() == ""
 
 
 def test_settings_persist_across_a_restart(fathom_home: Path) -> None:
@@ -116,12 +127,9 @@ def test_rules_between_lengths() -> None:
     assert store.sampling().thinking_budget == 3000
 
 
-def test_change_listeners_hear_only_real_changes() -> None:
+def test_update_reports_only_real_changes() -> None:
     store = SettingsStore()
-    heard: list[tuple[str, object]] = []
-    store.changed.append(lambda key, value: heard.append((key, value)))
     assert store.update({"temperature": 0.6, "top_k": 20}) == ["top_k"]
-    assert heard == [("top_k", 20)]
 
 
 def test_load_options_need_a_model() -> None:
@@ -247,3 +255,33 @@ def test_table_bounds_match_the_types() -> None:
         if setting.choice_labels:
             assert len(setting.choice_labels) == len(setting.choices), setting.key
     assert SETTINGS_BY_KEY["kv_cache_type"].choices == ("f16", "q8_0", "q4_0")
+
+
+def test_the_table_says_which_settings_reload_the_model() -> None:
+    wanted = {"model_path", "n_gpu_layers", "n_ctx", "kv_cache_type", "flash_attn", "n_threads"}
+    assert wanted == LOAD_KEYS
+    # Going back to a model that loaded restores exactly the settings that loaded it.
+    options = LoadOptions(
+        Path("/models/m.gguf"), n_ctx=4096, n_gpu_layers=20, flash_attn=True,
+        kv_cache_type="q8_0", n_threads=3,
+    )  # fmt: skip
+    store = SettingsStore()
+    assert set(store.update(load_settings(options))) == LOAD_KEYS
+    assert store.load_options() == options
+
+
+def test_every_kv_cache_type_offered_is_one_the_engine_and_planner_know() -> None:
+    offered = set(SETTINGS_BY_KEY["kv_cache_type"].choices)
+    assert offered == set(llama_backend.KV_TYPES) == set(planner.KV_CACHE_GGML_TYPE)
+    for name in offered:  # the same ggml type on both sides
+        assert llama_backend.KV_TYPES[name] == planner.KV_CACHE_GGML_TYPE[name].value
+
+
+def test_the_eval_preset_is_described_as_it_is_sent() -> None:
+    sent = with_eval_instruction([ChatMessage("user", "What is 3+4?")])
+    assert [m.role for m in sent] == ["user"]  # no system message
+    assert sent[0].content == f"What is 3+4?\n{FATHOM_EVAL_INSTRUCTION}"
+    text = describe_preset("fathom_eval")
+    assert "No system message is sent" in text
+    assert f"added below it: “{FATHOM_EVAL_INSTRUCTION}”" in text
+    assert "sent as a system message" in describe_preset("custom")
