@@ -134,10 +134,12 @@ class History:
             if self._closed:
                 return
             self._closed = True
+        # The reader goes first: the writer's connection, closing last, folds the WAL back
+        # into the main file.
+        self._reader.close()
         self.unsaved_at_close = self._writer.close(CLOSE_TIMEOUT_S)
         if self.unsaved_at_close:
             log.warning("%d changes could not be saved in %s", self.unsaved_at_close, self._place)
-        self._reader.close()
         remove_scratch(self._store)
         _open_histories.discard(self)
 
