@@ -105,6 +105,8 @@ def _run_app(args: argparse.Namespace) -> int:
     icon = paths.resources_dir() / "icons" / "fathom-desktop.svg"
     if icon.is_file():
         app.setWindowIcon(QIcon(str(icon)))
+    # Listening as early as possible: a second start waits for the answer while this one starts.
+    server = InstanceServer(server_name(paths.data_dir()), app)
 
     store = SettingsStore.load()
     try:
@@ -121,7 +123,6 @@ def _run_app(args: argparse.Namespace) -> int:
     if history.notice:
         window.show_banner(history.notice)
     show_write_reports(window, history)
-    server = InstanceServer(server_name(paths.data_dir()), window)
     server.raise_requested.connect(lambda: bring_to_front(window))
     window.show()
 

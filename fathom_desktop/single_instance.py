@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal, Slot
@@ -25,7 +26,8 @@ LOCK_FILE_NAME = "fathom-desktop.lock"
 ALREADY_RUNNING = "Fathom Desktop is already running"
 RAISE_REQUEST = b"raise\n"
 RAISE_DONE = b"raised\n"
-RAISE_TIMEOUT_MS = 2000
+RAISE_TIMEOUT_MS = 5000
+RETRY_S = 0.1
 
 
 class InstanceLockError(Exception):
@@ -135,10 +137,16 @@ class InstanceServer(QObject):
 
 def ask_first_instance_to_raise(name: str, timeout_ms: int = RAISE_TIMEOUT_MS) -> bool:
     """Ask the running instance to bring its window forward; True once it says it did."""
+    deadline = time.monotonic() + timeout_ms / 1000
     socket = QLocalSocket()
-    socket.connectToServer(name)
-    if not socket.waitForConnected(timeout_ms):
-        return False
+    # The first instance takes the lock before it can listen: while it starts, try again.
+    while True:
+        socket.connectToServer(name)
+        if socket.waitForConnected(timeout_ms):
+            break
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(RETRY_S)
     socket.write(RAISE_REQUEST)
     socket.waitForBytesWritten(timeout_ms)
     answered = socket.waitForReadyRead(timeout_ms) and socket.canReadLine()
