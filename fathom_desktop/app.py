@@ -120,9 +120,7 @@ def _run_app(args: argparse.Namespace) -> int:
     window = MainWindow(engine_factory, store, history)
     for warning in store.warnings:
         window.show_banner(warning)
-    if history.notice:
-        window.show_banner(history.notice)
-    show_write_reports(window, history)
+    announce_history(window, history)
     server.raise_requested.connect(lambda: bring_to_front(window))
     window.show()
 
@@ -160,12 +158,15 @@ def _second_start(error: InstanceLockError) -> str:
     return str(error)
 
 
-def show_write_reports(window, history) -> None:
-    """Say in the window's banner when saving stalls (nothing is lost) and when it resumes."""
+def announce_history(window, history) -> None:
+    """Say in the window's banner how the history opened (moved aside, read-only, scratch),
+    when saving stalls (nothing is lost) and when it resumes."""
     from fathom_desktop.gui.banner import BannerKind
     from fathom_desktop.gui.history_reports import HistoryReports
     from fathom_desktop.history import WriteReport, WriteStatus
 
+    if history.notice:
+        window.show_banner(history.notice)
     reports = HistoryReports(history, window)
 
     def show(report: WriteReport) -> None:

@@ -14,6 +14,7 @@ Each way but the first leaves a one-line `notice` for the window.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -68,11 +69,12 @@ def open_store(path: Path) -> OpenedStore:
         return _scratch(f"The history folder {path.parent} cannot be used ({_reason(error)})")
     if not path.exists() or path.stat().st_size == 0:
         return _fresh(path)
+    found_beside = _side_files(path)
     problem = _check(path)
     if problem is None:
         return _in_place(path)
     if problem.damaged:
-        return _replace_damaged(path, problem.reason)
+        return _replace_damaged(path, problem.reason, found_beside)
     if problem.in_use:
         return _scratch(f"The history at {path} is locked by another program ({problem.reason})")
     return _scratch(f"The history at {path} cannot be read ({problem.reason})")
@@ -120,23 +122,22 @@ def _fresh(path: Path) -> OpenedStore:
     return OpenedStore(StoreMode.IN_PLACE, path, reader_uri(path))
 
 
-def _replace_damaged(path: Path, reason: str) -> OpenedStore:
+def _replace_damaged(path: Path, reason: str, found_beside: frozenset[str]) -> OpenedStore:
     aside = _aside_name(path)
     try:
-        _move_aside(path, aside)
+        _move_aside(path, aside, found_beside)
     except OSError as error:
         # The folder is read-only: leave the file where it is and rescue what we can anyway.
         opened = _scratch(f"The history at {path} is damaged ({reason}) and cannot be moved aside"
                           f" ({_reason(error)})")  # fmt: skip
-        found = salvage(reader_uri(path), opened.path)
-        return _with_salvage(opened, found)
+        return _with_salvage(opened, _salvage_from(path, found_beside, opened.path))
     try:
         _prepare(path)
     except (sqlite3.Error, HistoryError) as error:
         opened = _scratch(f"The damaged history was moved to {aside}, but a new one cannot be"
                           f" created at {path} ({_reason(error)})")  # fmt: skip
-        return _with_salvage(opened, salvage(reader_uri(aside), opened.path))
-    found = salvage(reader_uri(aside), path)
+        return _with_salvage(opened, _salvage_from(aside, found_beside, opened.path))
+    found = _salvage_from(aside, found_beside, path)
     notice = (
         f"The history could not be read ({reason}); it was moved to {aside} and a new one was"
         f" started with {found.summary()}."
@@ -144,6 +145,17 @@ def _replace_damaged(path: Path, reason: str) -> OpenedStore:
     return OpenedStore(
         StoreMode.IN_PLACE, path, reader_uri(path), notice, moved_to=aside, salvaged=found
     )
+
+
+def _salvage_from(damaged: Path, found_beside: frozenset[str], target: Path) -> Salvaged:
+    """Salvage, then remove the lock files SQLite made beside the damaged file, if any."""
+    if "-wal" in found_beside:
+        found = salvage(reader_uri(damaged), target)
+    else:
+        # No log to replay: `immutable` reads the main file and makes nothing beside it.
+        found = salvage(reader_uri(damaged).replace("mode=ro", "immutable=1"), target)
+    _remove_made_beside(damaged, found_beside)
+    return found
 
 
 def _scratch(why: str) -> OpenedStore:
@@ -290,13 +302,23 @@ def _aside_name(path: Path) -> Path:
     return candidate
 
 
-def _move_aside(path: Path, aside: Path) -> None:
-    """Rename (never copy or rewrite) the file and its WAL and shared-memory files together."""
+def _side_files(path: Path) -> frozenset[str]:
+    return frozenset(side for side in _SIDE_FILES if Path(f"{path}{side}").exists())
+
+
+def _move_aside(path: Path, aside: Path, found_beside: frozenset[str]) -> None:
+    """Rename (never copy or rewrite) the file with the WAL and shared memory it came with."""
     path.rename(aside)
-    for side in _SIDE_FILES:
-        extra = Path(f"{path}{side}")
-        if extra.exists():
-            extra.rename(Path(f"{aside}{side}"))
+    for side in found_beside:
+        Path(f"{path}{side}").rename(Path(f"{aside}{side}"))
+    # What the read-only check left beside it (an empty log, a shared-memory index) is ours.
+    _remove_made_beside(path, found_beside)
+
+
+def _remove_made_beside(path: Path, found_beside: frozenset[str]) -> None:
+    for side in set(_SIDE_FILES) - found_beside:
+        with contextlib.suppress(OSError):
+            Path(f"{path}{side}").unlink(missing_ok=True)
 
 
 def _code(error: sqlite3.Error) -> int:

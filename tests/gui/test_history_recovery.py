@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from fathom_desktop.history import History, MessageStatus, StoreMode
+from tests.gui.conftest import wait_idle
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PAGE_SIZE = 4096
@@ -87,6 +88,8 @@ def test_a_corrupt_page_is_moved_aside_and_the_readable_conversations_are_kept(t
         fresh = history.create_conversation("after the rescue")
         history.add_user_message(fresh, "still here")
     assert moved.read_bytes() == original
+    # Nothing was made beside it: it had no log, and reading it left none.
+    assert [p.name for p in tmp_path.iterdir() if "unreadable" in p.name] == [moved.name]
     with History(path) as reopened:
         assert reopened.notice is None
         assert reopened.list_conversations()[0].title == "after the rescue"
@@ -229,3 +232,19 @@ def test_locked_exclusively_at_start_runs_on_a_scratch_history(tmp_path):
         other.execute("ROLLBACK")
         other.close()
     assert path.read_bytes() == original
+
+
+def test_the_window_names_where_the_damaged_history_went(make_window, qtbot, tmp_path):
+    from fathom_desktop.app import announce_history
+
+    path = _fill(tmp_path / "history.sqlite3", conversations=3)
+    path.write_bytes(b"\0" * 100 + path.read_bytes()[100:])  # the header is gone
+    window = make_window(history_path=path)
+    announce_history(window, window.history)
+    text = window.banner_text()
+    assert text.startswith("The history could not be read") and "\n" not in text
+    assert str(window.history.moved_to) in text
+    assert window.sidebar.ids() == []  # a fresh history, and the window works on it
+    assert window.send("What is 2+2?")
+    wait_idle(qtbot, window)
+    assert len(window.sidebar.ids()) == 1

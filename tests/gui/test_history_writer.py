@@ -123,10 +123,10 @@ def test_reads_lay_waiting_edits_renames_and_deletions_over_the_file(path, lock)
 
 
 def test_the_window_keeps_chatting_on_a_locked_history_and_says_so(make_window, qtbot, path, lock):
-    from fathom_desktop.app import show_write_reports
+    from fathom_desktop.app import announce_history
 
     window = make_window(history_path=path)
-    show_write_reports(window, window.history)
+    announce_history(window, window.history)
     window.send("What is 17 + 25?")
     wait_idle(qtbot, window)
     qtbot.waitUntil(lambda: "kept and saved as soon" in window.banner_text(), timeout=WAIT_MS)
