@@ -69,6 +69,10 @@ REOPEN_FLUSH_S = 5.0
 
 _open_histories: weakref.WeakSet[History] = weakref.WeakSet()
 
+_MESSAGE_COLUMNS_WITHOUT_TEXT = MESSAGE_COLUMNS.replace("content, reasoning", "'', NULL").replace(
+    "sampling, stats", "NULL, NULL"
+)
+
 
 class History:
     """The user's conversations. Safe to call from any thread; no call waits for the disk."""
@@ -339,10 +343,13 @@ class History:
             except sqlite3.Error as error:
                 raise HistoryError(f"Could not read {self._place}: {error}.") from error
 
-    def _messages(self, conversation_id: int, pending: list[Change]) -> dict[int, StoredMessage]:
+    def _messages(
+        self, conversation_id: int, pending: list[Change], *, texts: bool = True
+    ) -> dict[int, StoredMessage]:
+        # Without `texts` (to count messages) a long reasoning is not read just to be dropped.
+        columns = MESSAGE_COLUMNS if texts else _MESSAGE_COLUMNS_WITHOUT_TEXT
         rows = self._reader.execute(
-            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ?",
-            (conversation_id,),
+            f"SELECT {columns} FROM messages WHERE conversation_id = ?", (conversation_id,)
         )
         found = {message.id: message for message in map(message_from_row, rows)}
         for change in pending:
@@ -380,7 +387,7 @@ class History:
         if conversation is None:
             return None
         if touched:
-            count = len(self._messages(conversation_id, pending))
+            count = len(self._messages(conversation_id, pending, texts=False))
         else:
             count = self._reader.execute(
                 "SELECT COUNT(*) FROM messages WHERE conversation_id = ?", (conversation_id,)

@@ -47,6 +47,8 @@ class WriteReport:
     message: str
     waiting: int  # changes still queued
     unsaved_message_ids: frozenset[int]  # messages with a change not yet in the file
+    # The message of the change this is about (the one that waits, or was dropped), if any.
+    message_id: int | None = None
 
 
 Connect = Callable[[], sqlite3.Connection]
@@ -147,13 +149,13 @@ class Writer:
                     )
                 elif failure.for_good:
                     self._changed.notify_all()
-                    report = self._report(WriteStatus.DROPPED, failure.text)
+                    report = self._report(WriteStatus.DROPPED, failure.text, change)
                 else:
                     self._queue.appendleft(change)
                     report = None
                     if self._failing != failure.text:
                         self._failing = failure.text
-                        report = self._report(WriteStatus.WAITING, failure.text)
+                        report = self._report(WriteStatus.WAITING, failure.text, change)
             if report is not None:
                 self._tell(report)
             if failure is not None and not failure.for_good:
@@ -212,11 +214,14 @@ class Writer:
     def _saved_text(self) -> str:
         return f"Everything that waited is now saved in {self._place}."
 
-    def _report(self, status: WriteStatus, message: str) -> WriteReport:
+    def _report(
+        self, status: WriteStatus, message: str, change: Change | None = None
+    ) -> WriteReport:
         # Called with the lock held, so the queue cannot change under it.
         changes = ([self._in_flight] if self._in_flight is not None else []) + list(self._queue)
         unsaved = frozenset(c.message_id for c in changes if c.message_id is not None)
-        return WriteReport(status, message, len(changes), unsaved)
+        about = change.message_id if change is not None else None
+        return WriteReport(status, message, len(changes), unsaved, about)
 
     def _tell(self, report: WriteReport) -> None:
         with self._changed:

@@ -150,7 +150,7 @@ def test_a_change_the_file_refuses_for_good_is_reported_and_the_rest_go_on(path)
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("PRAGMA foreign_keys=ON")
         other.execute("BEGIN EXCLUSIVE")
-        history.add_user_message(conversation, "orphan")  # waits for the lock
+        orphan = history.add_user_message(conversation, "orphan")  # waits for the lock
         # Another program deletes the conversation; the waiting message's foreign key can
         # never be met, and retrying cannot fix that.
         other.execute("DELETE FROM conversations WHERE id = ?", (conversation,))
@@ -160,4 +160,5 @@ def test_a_change_the_file_refuses_for_good_is_reported_and_the_rest_go_on(path)
         assert history.flush(10.0)
         dropped = [r for r in reports if r.status is WriteStatus.DROPPED]
         assert len(dropped) == 1 and "Could not save your message" in dropped[0].message
+        assert dropped[0].message_id == orphan  # the window can give its text back
         assert [c.id for c in history.list_conversations()] == [later]
