@@ -173,8 +173,7 @@ def announce_history(window, history) -> None:
         kind = BannerKind.NOTE if report.status is WriteStatus.SAVED else BannerKind.PROBLEM
         window.show_banner(report.message, kind)
 
-    # Queued: the report is emitted on the history's writer thread and this touches widgets.
-    reports.report.connect(show, Qt.ConnectionType.QueuedConnection)
+    reports.report.connect(show)  # emitted on the GUI thread
 
 
 def _apply_theme(theme: str) -> None:

@@ -77,6 +77,8 @@ def open_store(path: Path) -> OpenedStore:
         return _replace_damaged(path, problem.reason, found_beside)
     if problem.in_use:
         return _scratch(f"The history at {path} is locked by another program ({problem.reason})")
+    if problem.newer:
+        return _scratch(problem.reason)
     return _scratch(f"The history at {path} cannot be read ({problem.reason})")
 
 
@@ -250,6 +252,7 @@ class _Problem:
     reason: str
     damaged: bool = False
     in_use: bool = False
+    newer: bool = False  # then `reason` is the whole sentence
 
 
 def _check(path: Path) -> _Problem | None:
@@ -264,8 +267,7 @@ def _check(path: Path) -> _Problem | None:
             return _Problem(f"{verdict[0]}", damaged=True)
         version = schema_version(db)
         if version > SCHEMA_VERSION:
-            return _Problem(newer_schema_text(path, version).removeprefix(
-                f"The history at {path} was "))  # fmt: skip
+            return _Problem(newer_schema_text(path, version).rstrip("."), newer=True)
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         if version == SCHEMA_VERSION and not {"conversations", "messages"} <= tables:
             return _Problem("it is not a Fathom Desktop history", damaged=True)

@@ -83,7 +83,10 @@ class History:
         for other in list(_open_histories):
             if other.path.resolve() == self.path.resolve():
                 other.flush(REOPEN_FLUSH_S)
-        self._store: OpenedStore = open_store(self.path)
+        try:
+            self._store: OpenedStore = open_store(self.path)
+        except (OSError, sqlite3.Error) as error:  # not even a scratch history can be made
+            raise HistoryError(f"Could not open the history at {self.path}: {error}.") from error
         self._place = f"the history at {self.path}"
         try:
             self._reader = connect_reader(self._store.reader_uri, READ_BUSY_TIMEOUT_S)

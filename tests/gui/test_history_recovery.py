@@ -248,3 +248,17 @@ def test_the_window_names_where_the_damaged_history_went(make_window, qtbot, tmp
     assert window.send("What is 2+2?")
     wait_idle(qtbot, window)
     assert len(window.sidebar.ids()) == 1
+
+
+def test_a_history_the_user_may_not_read_is_left_alone_for_a_scratch_one(restricted_dir):
+    path = _fill(restricted_dir / "history.sqlite3", conversations=2)
+    original = path.read_bytes()
+    path.chmod(0o000)
+    seen = _as_user(path)
+    assert seen["mode"] == StoreMode.SCRATCH.value
+    assert "cannot be read" in seen["notice"] and "kept only until the app closes" in seen["notice"]
+    assert seen["before"] == [] and seen["shown"] == ["do not lose me"]
+    assert seen["flushed"]  # the scratch history takes writes
+    path.chmod(0o644)
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in restricted_dir.iterdir()) == [path.name]

@@ -4,12 +4,14 @@ order, shows it to reads at once, and writes it when the lock goes."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from fathom_desktop.gui.history_reports import HistoryReports
 from fathom_desktop.history import History, MessageStatus, WriteReport, WriteStatus
 from fathom_desktop.history.store import WRITE_BUSY_TIMEOUT_S
 from tests.gui.conftest import WAIT_MS, wait_idle
@@ -127,6 +129,10 @@ def test_the_window_keeps_chatting_on_a_locked_history_and_says_so(make_window, 
 
     window = make_window(history_path=path)
     announce_history(window, window.history)
+    threads: list[threading.Thread] = []
+    window.findChild(HistoryReports).report.connect(
+        lambda _report: threads.append(threading.current_thread())
+    )
     window.send("What is 17 + 25?")
     wait_idle(qtbot, window)
     qtbot.waitUntil(lambda: "kept and saved as soon" in window.banner_text(), timeout=WAIT_MS)
@@ -134,6 +140,7 @@ def test_the_window_keeps_chatting_on_a_locked_history_and_says_so(make_window, 
     assert reply.answer.source  # the reply streamed and finished as usual
     lock()
     qtbot.waitUntil(lambda: "now saved" in window.banner_text(), timeout=WAIT_MS)
+    assert threads and set(threads) == {threading.main_thread()}  # widgets are safe to touch
     with History(path) as reader:
         [conversation] = reader.list_conversations()
         user, assistant = reader.messages(conversation.id)
