@@ -143,7 +143,7 @@ def _run_app(args: argparse.Namespace) -> int:
 
 def _second_start(error: InstanceLockError) -> str:
     """One line for a start refused by the lock; the running window is asked to come forward."""
-    if error.holder is None:
+    if not error.held:
         return str(error)
     from PySide6.QtCore import QCoreApplication
 

@@ -33,9 +33,10 @@ RETRY_S = 0.1
 class InstanceLockError(Exception):
     """Another Fathom Desktop holds the lock, or it cannot be made; str(error) is one line."""
 
-    def __init__(self, message: str, holder: int | None = None) -> None:
+    def __init__(self, message: str, *, held: bool = False, holder: int | None = None) -> None:
         super().__init__(message)
-        self.holder = holder  # the PID of the running instance, when that is the reason
+        self.held = held  # another instance holds the lock (rather than: no lock can be made)
+        self.holder = holder  # its PID, when the lock file names one
 
 
 class InstanceLock:
@@ -77,7 +78,7 @@ def hold_instance_lock(directory: Path | None = None) -> InstanceLock:
         holder = _holder(fd)
         os.close(fd)
         named = f" (process {holder})" if holder else ""
-        raise InstanceLockError(f"{ALREADY_RUNNING}{named}.", holder) from None
+        raise InstanceLockError(f"{ALREADY_RUNNING}{named}.", held=True, holder=holder) from None
     except OSError as error:
         os.close(fd)
         raise InstanceLockError(f"fathom-desktop: cannot lock {path} ({error.strerror}).") from None
@@ -108,6 +109,8 @@ class InstanceServer(QObject):
     def __init__(self, name: str, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._server = QLocalServer(self)
+        # Only this user may connect (the socket lives in the shared temporary folder).
+        self._server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
         # Only the lock's holder gets here, so a socket left by a killed instance is stale.
         QLocalServer.removeServer(name)
         self._server.newConnection.connect(self._on_connection)

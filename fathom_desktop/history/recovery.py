@@ -96,24 +96,25 @@ def _in_place(path: Path) -> OpenedStore:
         if _version(reader) != SCHEMA_VERSION:
             return _scratch(f"The history at {path} cannot be updated ({_reason(error)})")
         if code in _IN_USE:
-            why = f"The history at {path} is in use by another program"
+            notice = (
+                f"The history at {path} is in use by another program: new messages are kept in"
+                " memory and saved as soon as it is free."
+            )
         else:
-            why = f"The history at {path} is read-only ({_reason(error)})"
-        return OpenedStore(
-            StoreMode.READ_ONLY,
-            path,
-            reader,
-            notice=f"{why}: new messages are kept in memory and saved once it can be written.",
-        )
+            notice = _read_only_notice(f"{path} is read-only ({_reason(error)})")
+        return OpenedStore(StoreMode.READ_ONLY, path, reader, notice)
     if not _writable(path):
-        return OpenedStore(
-            StoreMode.READ_ONLY,
-            path,
-            reader,
-            notice=f"The history at {path} is read-only: new messages are kept in memory and"
-            " saved once it can be written.",
-        )
+        notice = _read_only_notice(f"{path} is read-only")
+        return OpenedStore(StoreMode.READ_ONLY, path, reader, notice)
     return OpenedStore(StoreMode.IN_PLACE, path, reader)
+
+
+def _read_only_notice(what: str) -> str:
+    # Honest about the limit: what waits in memory is lost if the app closes first.
+    return (
+        f"The history at {what}: new messages are kept in memory, and saved if it becomes"
+        " writable before the app closes."
+    )
 
 
 def _fresh(path: Path) -> OpenedStore:
