@@ -90,6 +90,9 @@ class History:
         self._place = f"the history at {self.path}"
         try:
             self._reader = connect_reader(self._store.reader_uri, READ_BUSY_TIMEOUT_S)
+            # Search ignores case in every script (SQLite's LIKE only folds ASCII), and matches
+            # the text the same way for what waits in memory.
+            self._reader.create_function("casefold", 1, _casefold, deterministic=True)
         except sqlite3.Error as error:
             remove_scratch(self._store)
             raise HistoryError(f"Could not open {self._place}: {error}.") from error
@@ -182,12 +185,12 @@ class History:
         params: tuple[object, ...] = ()
         needle = search.strip() if search else ""
         if needle:
-            pattern = "%" + _escape_like(needle) + "%"
+            folded = needle.casefold()
             query += (
-                " WHERE c.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
-                "WHERE m.conversation_id = c.id AND m.content LIKE ? ESCAPE '\\')"
+                " WHERE instr(casefold(c.title), ?) OR EXISTS (SELECT 1 FROM messages m "
+                "WHERE m.conversation_id = c.id AND instr(casefold(m.content), ?))"
             )
-            params = (pattern, pattern)
+            params = (folded, folded)
         with self._reading() as pending:
             found = {
                 row[0]: ConversationSummary(*row) for row in self._reader.execute(query, params)
@@ -430,5 +433,5 @@ class History:
             return []
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def _casefold(text: object) -> object:
+    return text.casefold() if isinstance(text, str) else text

@@ -104,6 +104,9 @@ def test_list_search_rename_delete(history: History) -> None:
     assert [c.id for c in history.list_conversations("CIRCLE")] == [first]  # message text
     assert [c.id for c in history.list_conversations("geo")] == [first]  # title
     assert history.list_conversations("100%") == []  # LIKE wildcards are literal
+    third = history.create_conversation("Σύνολα")
+    assert [c.id for c in history.list_conversations("σύνολα")] == [third]  # any script's case
+    history.delete_conversation(third)
     assert len(history.list_conversations("   ")) == 2
 
     history.rename_conversation(first, "Circles")
