@@ -27,8 +27,6 @@ from fathom_desktop.single_instance import (
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
-# One app per user: two windows on one history would each take the other's streaming reply for
-# one left over from a crash and mark it interrupted.
 PREPARING_DEMO = "Preparing the demo model…"
 NO_BACKEND = "llama.cpp unavailable"
 
@@ -76,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fathom_desktop.selftest import run_self_test
 
         return run_self_test(args.model)
+    # One app per user: two windows on one history would each take the other's streaming reply
+    # for one left over from a crash and mark it interrupted.
     try:
         lock = hold_instance_lock()
     except InstanceLockError as error:
