@@ -203,12 +203,13 @@ class Writer:
             self._db = None
 
     def _failure_text(self, change: Change, error: Exception, for_good: bool) -> str:
+        # Short enough for one line of the window's banner; the path is in the start-up notice.
         reason = str(error).rstrip(".") or type(error).__name__
         if for_good:
-            return f"Could not save {change.what} in {self._place} ({reason})."
+            return f"Could not save {change.what} ({reason}); it was left out of the history."
         return (
-            f"Could not save {change.what} in {self._place} ({reason}); it is kept and saved"
-            " as soon as the history can be written."
+            f"Could not save {change.what} yet ({reason}); it is kept and saved as soon as the"
+            " history can be written."
         )
 
     def _saved_text(self) -> str:

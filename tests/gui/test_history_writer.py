@@ -14,7 +14,7 @@ import pytest
 from fathom_desktop.gui.history_reports import HistoryReports
 from fathom_desktop.history import History, MessageStatus, WriteReport, WriteStatus
 from fathom_desktop.history.store import WRITE_BUSY_TIMEOUT_S
-from tests.gui.conftest import WAIT_MS, wait_idle
+from tests.gui.conftest import WAIT_MS, screenshot, wait_idle
 
 # A call that waited for the lock would take the writer's busy timeout at least; the old
 # synchronous history waited 10 s. Half the busy timeout leaves room for a loaded machine.
@@ -124,7 +124,9 @@ def test_reads_lay_waiting_edits_renames_and_deletions_over_the_file(path, lock)
         assert seen() == expected  # the file now says the same
 
 
-def test_the_window_keeps_chatting_on_a_locked_history_and_says_so(make_window, qtbot, path, lock):
+def test_the_window_keeps_chatting_on_a_locked_history_and_says_so(
+    make_window, qtbot, path, lock, artifacts
+):
     from fathom_desktop.app import announce_history
 
     window = make_window(history_path=path)
@@ -138,6 +140,7 @@ def test_the_window_keeps_chatting_on_a_locked_history_and_says_so(make_window, 
     qtbot.waitUntil(lambda: "kept and saved as soon" in window.banner_text(), timeout=WAIT_MS)
     reply = window.chat.assistant_messages()[-1]
     assert reply.answer.source  # the reply streamed and finished as usual
+    screenshot(window, artifacts, "history-locked-while-running")
     lock()
     qtbot.waitUntil(lambda: "now saved" in window.banner_text(), timeout=WAIT_MS)
     assert threads and set(threads) == {threading.main_thread()}  # widgets are safe to touch
