@@ -145,10 +145,6 @@ def _second_start(error: InstanceLockError) -> str:
     """One line for a start refused by the lock; the running window is asked to come forward."""
     if not error.held:
         return str(error)
-    from PySide6.QtCore import QCoreApplication
-
-    # QLocalSocket's blocking calls need an application object, not an event loop.
-    _app = QCoreApplication.instance() or QCoreApplication([sys.argv[0]])
     try:
         raised = ask_first_instance_to_raise(server_name(data_folder()))
     except InstanceLockError:

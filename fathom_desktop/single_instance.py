@@ -4,21 +4,26 @@ The lock is an advisory `flock` on a file in the data folder. The kernel release
 process ends, however it ends, so a crash, a `kill -9` or a PID reused by another program never
 locks the user out; the PID written into the file only names the holder in messages.
 
-A second start asks the first, over a QLocalServer named after the data folder, to bring its
-window to the front, then exits with one line.
+A second start asks the first, over a Unix socket named after the user and the data folder, to
+bring its window to the front, then exits with one line. (Plain sockets rather than Qt's
+QLocalServer: the package leaves QtNetwork out.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
+import socket
+import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal, Slot
-from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
 log = logging.getLogger(__name__)
 
@@ -96,66 +101,92 @@ def _holder(fd: int) -> int | None:
 
 
 def server_name(directory: Path) -> str:
-    """One name per data folder (Qt makes it a socket in the temporary folder)."""
+    """One name per user and data folder."""
     digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
-    return f"fathom-desktop-{digest}"
+    return f"fathom-desktop-{os.getuid()}-{digest}"
+
+
+def _address(name: str) -> str | bytes:
+    # Linux's abstract namespace: no socket file, so none is ever left behind by a crash.
+    if sys.platform.startswith("linux"):
+        return b"\0" + name.encode()
+    return os.path.join(tempfile.gettempdir(), name)
 
 
 class InstanceServer(QObject):
-    """Listens for later starts; `raise_requested` is emitted on the GUI thread."""
+    """Listens for later starts (on a thread of its own); `raise_requested` is emitted on the
+    thread this object lives in, the GUI thread."""
 
     raise_requested = Signal()
+    _posted = Signal()  # emitted on the listening thread
 
     def __init__(self, name: str, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._server = QLocalServer(self)
-        # Only this user may connect (the socket lives in the shared temporary folder).
-        self._server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
-        # Only the lock's holder gets here, so a socket left by a killed instance is stale.
-        QLocalServer.removeServer(name)
-        self._server.newConnection.connect(self._on_connection)
-        self.listening = self._server.listen(name)
-        if not self.listening:
-            log.warning("cannot listen for other starts: %s", self._server.errorString())
+        # Auto connection: the listening thread is not this object's, so delivery is queued.
+        self._posted.connect(self._deliver)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address = _address(name)
+        try:
+            if isinstance(address, str) and os.path.exists(address):
+                os.unlink(address)  # only the lock's holder gets here: the file is stale
+            self._socket.bind(address)
+            self._socket.listen(4)
+            self.listening = True
+        except OSError as error:
+            log.warning("cannot listen for other starts: %s", error)
+            self._socket.close()
+            self.listening = False
+            return
+        self._thread = threading.Thread(target=self._serve, name="instance-server", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        self._server.close()
+        if self.listening:
+            self.listening = False
+            # shutdown() wakes the thread's accept(); close() alone would not on Linux.
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+            self._socket.close()
+            self._thread.join(timeout=1.0)
+
+    def _serve(self) -> None:
+        posted = self._posted
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return  # closed
+            with connection:
+                connection.settimeout(RAISE_TIMEOUT_MS / 1000)
+                try:
+                    if connection.recv(len(RAISE_REQUEST)) == RAISE_REQUEST:
+                        posted.emit()
+                        connection.sendall(RAISE_DONE)
+                except (OSError, RuntimeError):
+                    continue  # a client that went away, or the window that did
 
     @Slot()
-    def _on_connection(self) -> None:
-        while (socket := self._server.nextPendingConnection()) is not None:
-            socket.setParent(self)
-            socket.readyRead.connect(lambda s=socket: self._on_request(s))
-            socket.disconnected.connect(socket.deleteLater)
-
-    def _on_request(self, socket: QLocalSocket) -> None:
-        if not socket.canReadLine():
-            return
-        if bytes(socket.readLine().data()) == RAISE_REQUEST:
-            self.raise_requested.emit()
-            socket.write(RAISE_DONE)
-            socket.flush()
-        socket.disconnectFromServer()
+    def _deliver(self) -> None:
+        self.raise_requested.emit()
 
 
 def ask_first_instance_to_raise(name: str, timeout_ms: int = RAISE_TIMEOUT_MS) -> bool:
-    """Ask the running instance to bring its window forward; True once it says it did."""
+    """Ask the running instance to bring its window forward; True once it says it will."""
     deadline = time.monotonic() + timeout_ms / 1000
-    socket = QLocalSocket()
-    # The first instance takes the lock before it can listen: while it starts, try again.
     while True:
-        socket.connectToServer(name)
-        if socket.waitForConnected(timeout_ms):
-            break
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(timeout_ms / 1000)
+            try:
+                client.connect(_address(name))
+                client.sendall(RAISE_REQUEST)
+                return client.recv(len(RAISE_DONE)) == RAISE_DONE
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass  # the first instance takes the lock before it listens: it is starting
+            except OSError:
+                return False
         if time.monotonic() >= deadline:
             return False
         time.sleep(RETRY_S)
-    socket.write(RAISE_REQUEST)
-    socket.waitForBytesWritten(timeout_ms)
-    answered = socket.waitForReadyRead(timeout_ms) and socket.canReadLine()
-    reply = bytes(socket.readLine().data()) if answered else b""
-    socket.abort()
-    return reply == RAISE_DONE
 
 
 def bring_to_front(window) -> None:

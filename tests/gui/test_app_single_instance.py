@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -34,9 +35,7 @@ time.sleep(600)
 
 ASK_TO_RAISE_CHILD = """
 import sys
-from PySide6.QtCore import QCoreApplication
 from fathom_desktop.single_instance import ask_first_instance_to_raise
-app = QCoreApplication([])
 print(ask_first_instance_to_raise(sys.argv[1]), flush=True)
 """
 
@@ -128,12 +127,33 @@ def test_a_second_start_brings_the_first_window_forward(qtbot, tmp_path):
 
 
 def test_asking_when_no_instance_listens_says_no(tmp_path):
-    from PySide6.QtCore import QCoreApplication
-
     from fathom_desktop.single_instance import ask_first_instance_to_raise
 
-    QCoreApplication.instance() or QCoreApplication([])
     assert ask_first_instance_to_raise(server_name(tmp_path), timeout_ms=500) is False
+
+
+def test_the_app_starts_without_qtnetwork(tmp_path):
+    # The package leaves PySide6.QtNetwork out (packaging/bundle_policy.py): the lock and the
+    # raise request must not need it.
+    child = textwrap.dedent(
+        """
+        import sys
+        sys.modules["PySide6.QtNetwork"] = None  # as in the package: not there
+        from pathlib import Path
+        from fathom_desktop import app, single_instance
+        lock = single_instance.hold_instance_lock(Path(sys.argv[1]))
+        server = single_instance.InstanceServer(single_instance.server_name(Path(sys.argv[1])))
+        print(server.listening)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", child, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        timeout=START_TIMEOUT_S,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
 
 
 def test_starting_the_app_twice_exits_the_second_with_one_line(tmp_path):
