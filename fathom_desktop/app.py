@@ -133,9 +133,14 @@ def _run_app(args: argparse.Namespace) -> int:
     history.close()
     if history.unsaved_at_close:
         count = history.unsaved_at_close
+        kept = (
+            f"kept in {history.unsaved_file} and saved at the next start"
+            if history.unsaved_file
+            else "lost"
+        )
         print(
             f"fathom-desktop: {count} change{'' if count == 1 else 's'} could not be saved in"
-            f" {history.path}: it stayed locked or read-only.",
+            f" {history.path} (it stayed locked or read-only): {kept}.",
             file=sys.stderr,
         )
     return code

@@ -1,7 +1,8 @@
 """Conversations and messages in SQLite, written so that nothing the user typed is lost.
 
 `store.History` is the API the app uses; `writer` writes off the caller's thread, `recovery`
-opens a file whatever state it is in, `salvage` rescues the readable rows of a damaged one.
+opens a file whatever state it is in, `salvage` rescues the readable rows of a damaged one, and
+`unsaved` keeps what could not be written by the time the app closes for the next start.
 """
 
 from fathom_desktop.history.records import (

@@ -53,6 +53,12 @@ from fathom_desktop.history.recovery import (
     open_store,
     remove_scratch,
 )
+from fathom_desktop.history.unsaved import (
+    ForgetUnsaved,
+    read_unsaved,
+    unsaved_files,
+    write_unsaved,
+)
 from fathom_desktop.history.writer import Listener, Writer
 
 log = logging.getLogger(__name__)
@@ -107,7 +113,9 @@ class History:
         if streaming:
             self._writer.submit(MarkInterrupted(frozenset(streaming)))
         self.recovered_interrupted = len(streaming)
+        self.restored_unsaved = self._restore_unsaved()
         self.unsaved_at_close = 0
+        self.unsaved_file: Path | None = None  # where close() kept what it could not save
         _open_histories.add(self)
 
     # -- how it opened, and how writing goes --------------------------------------------------
@@ -118,8 +126,17 @@ class History:
 
     @property
     def notice(self) -> str | None:
-        """One line for the window when the history is not simply the user's file, in place."""
-        return self._store.notice
+        """One line for the window when the history is not simply the user's file, in place,
+        or when changes the last session could not save are saved now."""
+        restored = self.restored_unsaved
+        if not restored:
+            return self._store.notice
+        note = (
+            f"{restored} change{'' if restored == 1 else 's'} that could not be saved when the"
+            " app last closed"
+            + (" are saved now." if self.mode is StoreMode.IN_PLACE else " are shown again.")
+        )
+        return f"{self._store.notice} {note}" if self._store.notice else note
 
     @property
     def moved_to(self) -> Path | None:
@@ -147,9 +164,18 @@ class History:
         # The reader goes first: the writer's connection, closing last, folds the WAL back
         # into the main file.
         self._reader.close()
-        self.unsaved_at_close = self._writer.close(CLOSE_TIMEOUT_S)
+        self._writer.close(CLOSE_TIMEOUT_S)
+        waiting = self._writer.pending()
+        self.unsaved_at_close = sum(not isinstance(c, ForgetUnsaved) for c in waiting)
+        if self.unsaved_at_close and self.mode is not StoreMode.SCRATCH:
+            self.unsaved_file = write_unsaved(self.path, waiting)
         if self.unsaved_at_close:
-            log.warning("%d changes could not be saved in %s", self.unsaved_at_close, self._place)
+            log.warning(
+                "%d changes could not be saved in %s (kept in %s)",
+                self.unsaved_at_close,
+                self._place,
+                self.unsaved_file,
+            )
         remove_scratch(self._store)
         _open_histories.discard(self)
 
@@ -162,9 +188,7 @@ class History:
     # -- conversations ---------------------------------------------------------------------
 
     def create_conversation(self, title: str) -> int:
-        with self._ids:
-            conversation_id = self._next_conversation_id
-            self._next_conversation_id += 1
+        conversation_id = self._new_conversation_id()
         self._submit(NewConversation(conversation_id, title, self._clock()))
         return conversation_id
 
@@ -311,9 +335,7 @@ class History:
         sampling: dict | None = None,
     ) -> int:
         self.conversation(conversation_id)  # raises if there is none
-        with self._ids:
-            message_id = self._next_message_id
-            self._next_message_id += 1
+        message_id = self._new_message_id()
         now = self._clock()
         message = StoredMessage(
             id=message_id,
@@ -414,6 +436,29 @@ class History:
             return True
         messages = self._messages(summary.id, pending).values()
         return any(needle in message.content.casefold() for message in messages)
+
+    def _restore_unsaved(self) -> int:
+        """Queue what the last session kept beside the history; returns how many changes."""
+        if self.mode is StoreMode.SCRATCH:
+            return 0  # a scratch history would take them and then vanish
+        files = unsaved_files(self.path)
+        if not files:
+            return 0
+        waiting = read_unsaved(files, self._new_conversation_id, self._new_message_id)
+        for change in waiting:
+            self._writer.submit(change)
+        self._writer.submit(ForgetUnsaved(tuple(files)))
+        return len(waiting)
+
+    def _new_conversation_id(self) -> int:
+        with self._ids:
+            self._next_conversation_id += 1
+            return self._next_conversation_id - 1
+
+    def _new_message_id(self) -> int:
+        with self._ids:
+            self._next_message_id += 1
+            return self._next_message_id - 1
 
     def _max_id(self, table: str) -> int:
         try:

@@ -152,6 +152,7 @@ _OPEN_AND_WRITE = textwrap.dedent(
         "mode": history.mode.value, "notice": history.notice, "before": before, "shown": shown,
         "flushed": flushed, "unsaved": unsaved, "message": message,
         "unsaved_at_close": history.unsaved_at_close,
+        "unsaved_file": str(history.unsaved_file) if history.unsaved_file else None,
     }))
     """
 )
@@ -186,6 +187,17 @@ def test_a_read_only_history_is_read_in_place_and_new_messages_are_kept(restrict
     after = _side_files(path)
     assert after[path.name] == before[path.name]  # nothing moved, nothing written
     assert not after.get(f"{path.name}-wal")  # SQLite may leave an empty log beside it
+    if what == "folder":
+        assert seen["unsaved_file"] is None  # nowhere to keep them: the app says they are lost
+        return
+    # What waited at quit is kept beside the history, and shown again at the next start.
+    kept = Path(seen["unsaved_file"])
+    assert kept.parent == restricted_dir and kept.exists()
+    again = _as_user(path)
+    assert "2 changes that could not be saved when the app last closed" in again["notice"]
+    assert again["before"][0] == "typed while read-only"
+    assert again["unsaved_at_close"] == 4 and not kept.exists()  # one file now holds all four
+    assert Path(again["unsaved_file"]).exists()
 
 
 def test_locked_at_start_reads_in_place_and_saves_once_the_lock_is_gone(tmp_path):

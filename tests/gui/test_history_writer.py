@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fathom_desktop.gui.history_reports import HistoryReports
-from fathom_desktop.history import History, MessageStatus, WriteReport, WriteStatus
+from fathom_desktop.history import History, MessageStatus, WriteReport, WriteStatus, store
 from fathom_desktop.history.store import WRITE_BUSY_TIMEOUT_S
 from tests.gui.conftest import WAIT_MS, screenshot, wait_idle
 
@@ -172,3 +172,40 @@ def test_a_change_the_file_refuses_for_good_is_reported_and_the_rest_go_on(path)
         assert len(dropped) == 1 and "Could not save your message" in dropped[0].message
         assert dropped[0].message_id == orphan  # the window can give its text back
         assert [c.id for c in history.list_conversations()] == [later]
+
+
+def test_changes_still_waiting_at_quit_are_kept_and_saved_at_the_next_start(path, monkeypatch):
+    monkeypatch.setattr(store, "CLOSE_TIMEOUT_S", 0.2)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    history = History(path)
+    conversation = history.create_conversation("typed before quitting")
+    history.add_user_message(conversation, "keep me")
+    reply = history.begin_assistant_message(conversation, "m.gguf", None, {"seed": 1})
+    history.finish_assistant_message(reply, "thought", "kept too", None, "stopped")
+    # Meanwhile the other program adds a conversation of its own, with the id this one took.
+    other.execute(
+        "INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, 'theirs', 0, 0)",
+        (conversation,),
+    )
+    history.close()  # the lock never went: nothing could be written
+    other.execute("COMMIT")
+    other.close()
+    assert history.unsaved_at_close == 4
+    kept = history.unsaved_file
+    assert kept is not None and kept.parent == path.parent and kept.suffix == ".json"
+
+    with History(path) as reopened:
+        assert "4 changes that could not be saved when the app last closed" in reopened.notice
+        assert reopened.flush(10.0)
+        titles = {c.title: c.id for c in reopened.list_conversations()}
+        assert set(titles) == {"theirs", "typed before quitting"}
+        mine = reopened.messages(titles["typed before quitting"])
+        assert [(m.role, m.content, m.status) for m in mine] == [
+            ("user", "keep me", MessageStatus.COMPLETE),
+            ("assistant", "kept too", MessageStatus.STOPPED),
+        ]
+        assert mine[1].sampling == {"seed": 1}
+    assert not kept.exists()  # saved, so no longer kept aside
+    with History(path) as again:
+        assert again.notice is None and len(again.list_conversations()) == 2
