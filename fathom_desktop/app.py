@@ -14,16 +14,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QLockFile, QObject, Qt, Slot
+from PySide6.QtCore import QObject, Qt, Slot
+
+from fathom_desktop.single_instance import (
+    InstanceLockError,
+    ask_first_instance_to_raise,
+    data_folder,
+    hold_instance_lock,
+    server_name,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
-# One app per user: two windows on one history would each take the other's streaming reply for
-# one left over from a crash and mark it interrupted.
-LOCK_FILE_NAME = "fathom-desktop.lock"
-LOCK_WAIT_MS = 200
-ALREADY_RUNNING = "Fathom Desktop is already running"
 PREPARING_DEMO = "Preparing the demo model…"
 NO_BACKEND = "llama.cpp unavailable"
 
@@ -71,10 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fathom_desktop.selftest import run_self_test
 
         return run_self_test(args.model)
+    # One app per user: two windows on one history would each take the other's streaming reply
+    # for one left over from a crash and mark it interrupted.
     try:
         lock = hold_instance_lock()
     except InstanceLockError as error:
-        print(error, file=sys.stderr)
+        print(_second_start(error), file=sys.stderr)
         return EXIT_FAILURE
     try:
         return _run_app(args)
@@ -93,16 +98,19 @@ def _run_app(args: argparse.Namespace) -> int:
     from fathom_desktop.gui.main_window import MainWindow
     from fathom_desktop.history import History, HistoryError
     from fathom_desktop.settings import SettingsStore
+    from fathom_desktop.single_instance import InstanceServer, bring_to_front
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     app.setApplicationName("Fathom Desktop")
     icon = paths.resources_dir() / "icons" / "fathom-desktop.svg"
     if icon.is_file():
         app.setWindowIcon(QIcon(str(icon)))
+    # Listening as early as possible: a second start waits for the answer while this one starts.
+    server = InstanceServer(server_name(paths.data_dir()), app)
 
     store = SettingsStore.load()
     try:
-        history = History()
+        history = History()  # a damaged, read-only or locked file still opens; see `notice`
     except HistoryError as error:
         print(f"fathom-desktop: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -112,15 +120,61 @@ def _run_app(args: argparse.Namespace) -> int:
     window = MainWindow(engine_factory, store, history)
     for warning in store.warnings:
         window.show_banner(warning)
+    announce_history(window, history)
+    server.raise_requested.connect(lambda: bring_to_front(window))
     window.show()
 
     started = start_model(window, store, args.model, fake_engine=args.fake_engine)
     code = app.exec()
+    server.close()
     if isinstance(started, DemoStart):
         started.stop()  # the window may close while the demo is still being made
     window.shutdown()
     history.close()
+    if history.unsaved_at_close:
+        count = history.unsaved_at_close
+        kept = (
+            f"kept in {history.unsaved_file} and saved at the next start"
+            if history.unsaved_file
+            else "lost"
+        )
+        print(
+            f"fathom-desktop: {count} change{'' if count == 1 else 's'} could not be saved in"
+            f" {history.path} (it stayed locked or read-only): {kept}.",
+            file=sys.stderr,
+        )
     return code
+
+
+def _second_start(error: InstanceLockError) -> str:
+    """One line for a start refused by the lock; the running window is asked to come forward."""
+    if not error.held:
+        return str(error)
+    try:
+        raised = ask_first_instance_to_raise(server_name(data_folder()))
+    except InstanceLockError:
+        raised = False
+    if raised:
+        return f"{error.args[0].rstrip('.')}; its window was brought to the front."
+    return str(error)
+
+
+def announce_history(window, history) -> None:
+    """Say in the window's banner how the history opened (moved aside, read-only, scratch),
+    when saving stalls (nothing is lost) and when it resumes."""
+    from fathom_desktop.gui.banner import BannerKind
+    from fathom_desktop.gui.history_reports import HistoryReports
+    from fathom_desktop.history import WriteReport, WriteStatus
+
+    if history.notice:
+        window.show_banner(history.notice)
+    reports = HistoryReports(history, window)
+
+    def show(report: WriteReport) -> None:
+        kind = BannerKind.NOTE if report.status is WriteStatus.SAVED else BannerKind.PROBLEM
+        window.show_banner(report.message, kind)
+
+    reports.report.connect(show)  # emitted on the GUI thread
 
 
 def _apply_theme(theme: str) -> None:
@@ -129,36 +183,6 @@ def _apply_theme(theme: str) -> None:
     except ImportError:
         return
     apply_theme(theme)
-
-
-class InstanceLockError(Exception):
-    """Another Fathom Desktop holds the lock, or it cannot be made; str(error) is one line."""
-
-
-def hold_instance_lock(directory: Path | None = None) -> QLockFile:
-    """Lock the data folder for this process's lifetime, or raise InstanceLockError.
-
-    The lock is held for hours, so its age says nothing (Qt's advice for long-held locks is a
-    stale time of 0). Qt still treats it as stale, and takes it over, when the process it names
-    is gone, so a crash or a `kill -9` never locks the user out.
-    """
-    from fathom_desktop import paths
-
-    try:
-        path = (directory or paths.data_dir()) / LOCK_FILE_NAME
-    except OSError as error:
-        raise InstanceLockError(f"fathom-desktop: cannot use the data folder: {error}") from None
-    lock = QLockFile(str(path))
-    lock.setStaleLockTime(0)
-    if lock.tryLock(LOCK_WAIT_MS):
-        return lock
-    if lock.error() == QLockFile.LockError.LockFailedError:
-        pid, _host, _app = lock.getLockInfo()
-        holder = f" (process {pid})" if pid > 0 else ""
-        raise InstanceLockError(f"{ALREADY_RUNNING}{holder}.")
-    raise InstanceLockError(
-        f"fathom-desktop: cannot create the lock file {path} ({lock.error().name})."
-    )
 
 
 def start_model(window, store, model: Path | None, *, fake_engine: bool = False):

@@ -302,7 +302,8 @@ def test_partial_reply_is_saved_while_streaming(make_window, qtbot, tmp_path):
 
     def saved() -> tuple[str, str]:
         query = "SELECT reasoning, status FROM messages WHERE id = ?"
-        return reader.execute(query, (reply_id,)).fetchone()
+        # The history's writer thread adds the row a moment after send() returns.
+        return reader.execute(query, (reply_id,)).fetchone() or ("", "")
 
     qtbot.waitUntil(lambda: len(saved()[0] or "") > 40, timeout=WAIT_MS)
     assert saved()[1] == MessageStatus.STREAMING.value

@@ -20,7 +20,7 @@ from fathom_desktop.history import (
     History,
     HistoryError,
     MessageStatus,
-    PartialSaver,
+    StoreMode,
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +104,9 @@ def test_list_search_rename_delete(history: History) -> None:
     assert [c.id for c in history.list_conversations("CIRCLE")] == [first]  # message text
     assert [c.id for c in history.list_conversations("geo")] == [first]  # title
     assert history.list_conversations("100%") == []  # LIKE wildcards are literal
+    third = history.create_conversation("Σύνολα")
+    assert [c.id for c in history.list_conversations("σύνολα")] == [third]  # any script's case
+    history.delete_conversation(third)
     assert len(history.list_conversations("   ")) == 2
 
     history.rename_conversation(first, "Circles")
@@ -166,41 +169,20 @@ def test_streaming_reply_found_on_open_is_marked_interrupted() -> None:
     assert (stored.status, stored.reasoning) == (MessageStatus.INTERRUPTED, "half a thought")
 
 
-def test_partial_saver_saves_at_most_every_interval(history: History) -> None:
-    conversation = history.create_conversation("c")
-    reply = history.begin_assistant_message(conversation, "m.gguf", None, None)
-    now = [0.0]
-    saver = PartialSaver(history, reply, interval_s=0.5, clock=lambda: now[0])
-    now[0] = 0.2
-    assert not saver.offer("a", "")
-    assert history.message(reply).reasoning == ""
-    now[0] = 0.6
-    assert saver.offer("ab", "")
-    now[0] = 0.9
-    assert not saver.offer("abc", "")
-    assert history.message(reply).reasoning == "ab"
-
-
-def test_newer_schema_is_refused_without_touching_it(fathom_home: Path) -> None:
+def test_newer_schema_is_left_alone_and_the_session_says_so(fathom_home: Path) -> None:
     path = paths.history_db()
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(HistoryError, match="written by a newer Fathom Desktop"):
-        History()
-    db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
-    assert db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
-
-
-def test_a_file_that_is_not_a_database_gives_one_line(tmp_path: Path) -> None:
-    path = tmp_path / "history.sqlite3"
-    path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(HistoryError) as failed:
-        History(path)
-    message = str(failed.value)
-    assert "is not a usable Fathom Desktop history database" in message and "\n" not in message
-    assert path.read_bytes() == b"this is not sqlite" * 100
+    before = path.read_bytes()
+    with History() as history:
+        assert history.mode is StoreMode.SCRATCH
+        assert "written by a newer Fathom Desktop" in history.notice
+        assert "kept only until the app closes" in history.notice
+        conversation = history.create_conversation("this session")
+        assert [c.id for c in history.list_conversations()] == [conversation]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
 
 def test_a_closed_history_says_so(tmp_path: Path) -> None:
@@ -215,7 +197,7 @@ def test_a_closed_history_says_so(tmp_path: Path) -> None:
 _CHILD = textwrap.dedent(
     """
     import sys, time
-    from fathom_desktop.history import History, PartialSaver
+    from fathom_desktop.history import History
 
     history = History()
     conversation = history.create_conversation("killed mid-stream")
@@ -227,13 +209,17 @@ _CHILD = textwrap.dedent(
         )
     history.add_user_message(conversation, "the last question")
     reply = history.begin_assistant_message(conversation, "m.gguf", "Q4_K_M", {"seed": 9})
-    saver = PartialSaver(history, reply, interval_s=0.05)
     reasoning = ""
     tokens = 0
+    last_save = time.monotonic()
     while True:
         reasoning += f"token{tokens} "
         tokens += 1
-        if saver.offer(reasoning, ""):
+        if time.monotonic() - last_save >= 0.05:
+            history.save_partial(reply, reasoning, "")
+            # Said to be saved only once it is in the file.
+            assert history.flush(10.0)
+            last_save = time.monotonic()
             print(tokens, flush=True)
         time.sleep(0.002)
     """
