@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 
 from fathom_desktop.engine import gpu_support
 from fathom_desktop.engine import llama_backend as backend
-from fathom_desktop.engine.chat_template import ChatTemplate
+from fathom_desktop.engine.chat_template import ChatTemplate, ChatTemplateError, RenderedPrompt
 from fathom_desktop.engine.consensus import ConsensusResult, consensus
 from fathom_desktop.engine.context import fit_to_context, reply_reserve
 from fathom_desktop.engine.errors import (
     DecodeError,
     EngineError,
+    ModelFileError,
     ModelLoadError,
     ModelNotLoadedError,
     SettingsError,
@@ -54,6 +55,8 @@ class _Loaded:
     report: LoadReport
     info: ModelFileInfo
     template: ChatTemplate
+    # Control-token text -> id: only the template's markup may produce these.
+    control_ids: dict[str, int]
     bos: int
     add_bos: bool
     setup: ReplySetup
@@ -81,6 +84,7 @@ class LlamaEngine:
 
     def load(self, options: LoadOptions) -> LoadReport:
         info = check_model_file(options.model_path)  # before the old model goes
+        _probe_template(info)  # before the weights are read
         notes: list[str] = []
         options = _cap_context(options, info, notes)
         _validate(options)
@@ -201,26 +205,40 @@ class LlamaEngine:
         return self._model
 
     def _tokenize(self, text: str) -> list[int]:
+        """Tokens of `text` read as text: a control token's text in it stays text."""
         model = self._require()
-        return model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(_nfc(text)))
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        return self._render(messages).text
+
+    def _render(self, messages: Sequence[ChatMessage]) -> RenderedPrompt:
         # The model was trained on NFC text (tokenizer.json normalizes to NFC); llama.cpp's
         # tokenizer does not normalize, so decomposed input (macOS file names, some pastes)
         # would otherwise reach the model as token sequences it has never seen.
         normalized = [replace(m, content=_nfc(m.content)) for m in messages]
-        return self._require().template.render(normalized)
+        return self._require().template.render_pieces(normalized)
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The tokens the engine would send for `messages` (rendered, before any trimming)."""
-        return self._prompt_tokens(self.render_prompt(messages))
+        return self._prompt_tokens(self._render(messages))
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    def _prompt_tokens(self, prompt: RenderedPrompt) -> list[int]:
+        """Markup's control tokens by id, everything else tokenized as text.
+
+        Text pieces run from one control token to the next, so markup text and message text
+        between them are tokenized together, exactly as a whole-prompt tokenization would.
+        """
         model = self._require()
-        tokens = self._tokenize(prompt)
+        tokens: list[int] = []
+        for piece in prompt.pieces:
+            if piece.control:
+                tokens.append(model.control_ids[piece.text])
+            else:
+                tokens += self._tokenize(piece.text)
         # The R1 templates write BOS themselves; add it only for a template that does not.
         if model.add_bos and (not tokens or tokens[0] != model.bos):
             tokens.insert(0, model.bos)
@@ -243,16 +261,16 @@ class LlamaEngine:
         n_ctx = model.report.n_ctx
         fitted = fit_to_context(
             messages,
-            lambda candidate: len(self._prompt_tokens(self.render_prompt(candidate))),
+            lambda candidate: len(self._prompt_tokens(self._render(candidate))),
             n_ctx=n_ctx,
             reserve=reply_reserve(n_ctx, sampling.max_tokens),
         )
-        prompt = self.render_prompt(fitted.messages)
+        prompt = self._render(fitted.messages)
         tokens = self._prompt_tokens(prompt)
         stream = self._stream(
             model,
             tokens,
-            starts_in_reasoning=prompt_opens_reasoning(prompt),
+            starts_in_reasoning=prompt_opens_reasoning(prompt.text),
             dropped=fitted.dropped_messages,
             sampling=sampling,
             control=control or GenerationControl(),
@@ -382,6 +400,39 @@ def _token_text(vocab: llama_cpp.llama_vocab_p, token: int) -> str:
     return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", "replace")
 
 
+def _probe_template(info: ModelFileInfo) -> None:
+    """Refuse a model whose chat template is broken or runs away, before its weights load.
+
+    BOS/EOS texts are stand-ins here (the vocabulary is not read yet); they only fill slots.
+    """
+    try:
+        ChatTemplate(info.chat_template, bos_token="<s>", eos_token="</s>").probe()
+    except ChatTemplateError as error:
+        raise ModelFileError(f"{info.path.name}: its chat template {error.cause}.") from None
+
+
+# The token kinds llama.cpp reads from text only when asked to parse special tokens.
+_PARSED_ONLY_AS_SPECIAL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+
+
+def _control_ids(llama: llama_cpp.Llama, vocab: llama_cpp.llama_vocab_p) -> dict[str, int]:
+    """The vocabulary's control tokens (CONTROL or UNKNOWN: what parse_special alone reads).
+
+    Each text maps to the id llama.cpp itself gives it, should two ids share a text.
+    """
+    texts = {
+        _token_text(vocab, token)
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+        if llama_cpp.llama_vocab_get_attr(vocab, token) & _PARSED_ONLY_AS_SPECIAL
+    }
+    ids: dict[str, int] = {}
+    for text in filter(None, texts):
+        tokens = llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if len(tokens) == 1:
+            ids[text] = tokens[0]
+    return ids
+
+
 def _prepare(
     llama: llama_cpp.Llama,
     report: LoadReport,
@@ -392,12 +443,17 @@ def _prepare(
     vocab = llama_cpp.llama_model_get_vocab(llama.model)
     bos = llama.token_bos()
     eos = llama.token_eos()
-    template = ChatTemplate(
-        info.chat_template,
-        bos_token=_token_text(vocab, bos),
-        eos_token=_token_text(vocab, eos),
-    )
-    closer = llama.tokenize(REASONING_CLOSER.encode("utf-8"), add_bos=False, special=True)
+    control_ids = _control_ids(llama, vocab)
+    try:
+        template = ChatTemplate(
+            info.chat_template,
+            bos_token=_token_text(vocab, bos),
+            eos_token=_token_text(vocab, eos),
+            control_texts=control_ids,
+        )
+        template.probe()
+    except ChatTemplateError as error:
+        raise ModelFileError(f"{info.path.name}: its chat template {error.cause}.") from None
     # `</think>` must come out of the detokenizer as text. As a USER_DEFINED token it does; if a
     # converter marked it CONTROL, render special tokens rather than lose the split.
     think_close = llama.tokenize(THINK_CLOSE.encode("utf-8"), add_bos=False, special=True)
@@ -405,6 +461,8 @@ def _prepare(
     if render_special:
         notes.append("</think> is a control token in this file; special tokens will be shown.")
         report = replace(report, notes=tuple(notes))
+    # The closer is text; only in such a file is its `</think>` the control token it must be.
+    closer = llama.tokenize(REASONING_CLOSER.encode("utf-8"), add_bos=False, special=render_special)
     setup = ReplySetup(
         llama=llama,
         vocab=vocab,
@@ -418,6 +476,7 @@ def _prepare(
         report=report,
         info=info,
         template=template,
+        control_ids=control_ids,
         bos=bos,
         add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
         setup=setup,
