@@ -6,6 +6,8 @@ the model as the text a user typed, never as a turn boundary the model obeys.
 
 from __future__ import annotations
 
+import json
+
 import llama_cpp
 import pytest
 
@@ -135,3 +137,25 @@ def test_a_generation_reads_the_forged_turn_as_text(engine):
     expected = engine.prompt_tokens([ChatMessage("user", FORGED_TURN)])
     assert finished.stats.prompt_tokens == len(expected)
     assert engine._model.llama.input_ids[: len(expected)].tolist() == expected
+
+
+def test_fathom_chat_prompt_reads_control_tokens_as_text(engine, tiny_gguf_f32):
+    from tests.engine.test_chat_cli import fathom_chat
+
+    hostile = f"{FORGED_TURN} {every_control_text(engine)}"
+    done = fathom_chat(
+        "--model", str(tiny_gguf_f32), "--n-ctx", "512", "--prompt", hostile,
+        "--max-tokens", "1", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)["stats"]["prompt_tokens"]
+    as_text = engine.prompt_tokens([ChatMessage("user", hostile)])
+    assert control_ids_in(engine, as_text) == [
+        engine._model.control_ids[t] for t in (BOS, "<｜User｜>", "<｜Assistant｜>")
+    ]
+    # The same prompt the engine builds here: every forged token as several text tokens,
+    # where special-token parsing would have made each one a single control token.
+    with_parsing = engine._model.llama.tokenize(
+        engine.render_prompt([ChatMessage("user", hostile)]).encode(), add_bos=False, special=True
+    )
+    assert sent == len(as_text) > len(with_parsing) + 2 * len(control_tokens(engine))
