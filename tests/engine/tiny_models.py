@@ -138,20 +138,28 @@ def small_qwen2(
     drop: str | None = None,
     n_layers: int = 2,
     architecture: str = "qwen2",
+    claims: dict[str, int] | None = None,
 ) -> Path:
     """A structurally complete Qwen2 GGUF with a 16-token vocabulary and mixed tensor types.
 
-    `chat_template` may be the template's source.
+    `chat_template` may be the template's source; `claims` overrides hyper-parameters in the
+    metadata ("block_count", "context_length", "embedding_length", "attention.head_count",
+    "attention.head_count_kv") without changing the tensors.
     """
     n_embd, n_ff, n_vocab, n_head, n_kv = 32, 64, 16, 2, 1
     kv = n_kv * n_embd // n_head
     writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_block_count(n_layers)
-    writer.add_context_length(256)
-    writer.add_embedding_length(n_embd)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
+    metadata = {
+        "block_count": n_layers,
+        "context_length": 256,
+        "embedding_length": n_embd,
+        "feed_forward_length": n_ff,
+        "attention.head_count": n_head,
+        "attention.head_count_kv": n_kv,
+        **(claims or {}),
+    }
+    for key, value in metadata.items():
+        writer.add_uint32(f"{architecture}.{key}", value)
     writer.add_layer_norm_rms_eps(1e-6)
     if tokenizer:
         writer.add_tokenizer_model("gpt2")
