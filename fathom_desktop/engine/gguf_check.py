@@ -98,6 +98,10 @@ def check_model_file(path: Path | str) -> ModelFileInfo:
     """Validate a Fathom/Qwen2 GGUF; raises ModelFileError with a one-line reason."""
     path = Path(path)
     label = path.name or str(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a GGUF model file.")
+    if path.exists() and not path.is_file():  # /dev/null, a pipe, a socket
+        raise ModelFileError(f"{path} is not a regular file, so it cannot be a GGUF model file.")
     if not path.is_file():
         raise ModelFileError(f"{label}: no such model file.")
     try:

@@ -8,6 +8,7 @@ flat across the 16k-token context.
 
 from __future__ import annotations
 
+import math
 import time
 import unicodedata
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -210,7 +211,7 @@ class LlamaEngine:
         return model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenize(_nfc(text)))
+        return len(self._tokenize(_nfc(_valid_text(text))))
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
         return self._render(messages).text
@@ -219,7 +220,7 @@ class LlamaEngine:
         # The model was trained on NFC text (tokenizer.json normalizes to NFC); llama.cpp's
         # tokenizer does not normalize, so decomposed input (macOS file names, some pastes)
         # would otherwise reach the model as token sequences it has never seen.
-        normalized = [replace(m, content=_nfc(m.content)) for m in messages]
+        normalized = [replace(m, content=_nfc(_valid_text(m.content))) for m in messages]
         return self._require().template.render_pieces(normalized)
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
@@ -342,6 +343,19 @@ def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int]) -> None:
         raise DecodeError(f"llama.cpp failed while reading the prompt ({error}).") from None
 
 
+def _valid_text(text: str) -> str:
+    """Refuse a lone surrogate (undecodable bytes smuggled into a str), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise EngineError(
+            f"A message holds something that is not text (an unpaired surrogate, "
+            f"U+{ord(text[error.start]):04X}, at character {error.start + 1}); remove it and "
+            "send again."
+        ) from None
+    return text
+
+
 def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
@@ -384,10 +398,26 @@ def _validate(options: LoadOptions) -> None:
 
 
 def _validate_sampling(sampling: SamplingParams) -> None:
+    # NaN passes every comparison (nan < 0 is False) and reaches llama.cpp's samplers as garbage,
+    # so finiteness is checked first.
+    for name, value in (
+        ("temperature", sampling.temperature),
+        ("top_p", sampling.top_p),
+        ("min_p", sampling.min_p),
+        ("repeat_penalty", sampling.repeat_penalty),
+    ):
+        if not math.isfinite(value):
+            raise SettingsError(f"The {name} must be a finite number, not {value}.")
     if sampling.temperature < 0:
         raise SettingsError("The temperature cannot be negative.")
     if not 0.0 < sampling.top_p <= 1.0:
         raise SettingsError("top_p must be in (0, 1].")
+    if not 0.0 <= sampling.min_p <= 1.0:
+        raise SettingsError("min_p must be in [0, 1].")
+    if sampling.repeat_penalty <= 0:
+        raise SettingsError("The repeat penalty must be above 0.")
+    if sampling.top_k < 0:
+        raise SettingsError("top_k cannot be negative.")
     if sampling.max_tokens is not None and sampling.max_tokens < 1:
         raise SettingsError("max_tokens must be at least 1.")
     if sampling.thinking_budget is not None and sampling.thinking_budget < 0:
