@@ -260,14 +260,18 @@ class LlamaEngine:
             self._active = None
         _validate_sampling(sampling)
         n_ctx = model.report.n_ctx
+        # Each candidate is rendered and tokenized once; the chosen one is not done again.
+        prepared: dict[tuple[ChatMessage, ...], tuple[RenderedPrompt, list[int]]] = {}
+
+        def count(candidate: Sequence[ChatMessage]) -> int:
+            rendered = self._render(candidate)
+            prepared[tuple(candidate)] = (rendered, self._prompt_tokens(rendered))
+            return len(prepared[tuple(candidate)][1])
+
         fitted = fit_to_context(
-            messages,
-            lambda candidate: len(self._prompt_tokens(self._render(candidate))),
-            n_ctx=n_ctx,
-            reserve=reply_reserve(n_ctx, sampling.max_tokens),
+            messages, count, n_ctx=n_ctx, reserve=reply_reserve(n_ctx, sampling.max_tokens)
         )
-        prompt = self._render(fitted.messages)
-        tokens = self._prompt_tokens(prompt)
+        prompt, tokens = prepared[tuple(fitted.messages)]
         stream = self._stream(
             model,
             tokens,
