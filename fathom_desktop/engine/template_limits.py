@@ -11,15 +11,18 @@ string repetition can fill memory. Every render here is bounded three ways:
   an exception injected from a watchdog thread (PyThreadState_SetAsyncExc) lands at an arbitrary
   bytecode, inside Jinja's own handlers or finally blocks. The price is speed: while a tracer is
   set CPython 3.11 runs its slower tracing dispatch, and every call pays for a trace event.
-  `bench/chat_template_overhead.py` on the R1 template (2-core box): 6 messages 0.15 ms plain,
-  0.8 ms bounded; 200 messages 2.4 ms plain, 18.5 ms bounded. That is paid once or twice per
-  reply, beside a prompt evaluation of seconds.
+  `bench/chat_template_overhead.py` on the R1 template (2-core box, size checks included):
+  6 messages about 0.15 ms plain, 0.9 ms bounded; 202 messages about 3 ms plain, 20 ms
+  bounded. That is paid once or twice per reply, beside a prompt evaluation of seconds.
 - **Size.** The output is consumed chunk by chunk and refused past a cap proportional to the
-  conversation; every value the template builds in one step (`*`, `**`, `%`, `+`, `~`, a macro's
-  or a `{% set %}` block's text, a call's or a filter's result) is checked against the same cap,
-  before the step where it can be predicted (repetition, powers, joins, replacements), so no single
-  step can allocate far beyond it. Filters that pad or reflow text by a caller-given amount
-  (center, indent, wordwrap, format) and `lipsum` are not offered; chat templates do not use them.
+  conversation. Every value one step can build is checked against the same cap *before* the
+  step allocates it: `*`, `**`, `%`, `+` and `~`, a macro's or a `{% set %}` block's text, each
+  `{{ ... }}` before it becomes text, each call's and filter's arguments and result (their text
+  size is counted by walking containers, so a list holding one long text many times counts
+  every copy). Joins and replacements are predicted from their inputs. String methods are an
+  allow-list of those that cannot multiply their input (no format, expandtabs or translate);
+  filters that pad or reflow by a caller-given amount (center, indent, wordwrap, format) and
+  `lipsum` are not offered, and `tojson` indents by at most 16. Chat templates use none of them.
 - **Nesting.** Template frames (macros calling macros) are counted by the tracer.
 """
 
@@ -38,6 +41,7 @@ import jinja2
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.nodes import Concat, EvalContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 
 TEMPLATE_FILENAME = "<template>"  # what Jinja names code compiled from a string
 # Filters that pad or reflow text by an amount the template chooses.
@@ -47,6 +51,19 @@ _MAX_INT_ARGUMENT = 1_000_000
 _MAX_INT_BITS = 4096
 _LONG_NUMBER = re.compile(r"\d{7,}")  # a width or precision of a million or more in a format
 _PASSED_ARGUMENTS = (jinja2.runtime.Context, EvalContext, jinja2.Environment)
+_MAX_JSON_INDENT = 16
+# String methods a template may call: each returns at most about as much text as it is given.
+# format, format_map, expandtabs and translate can multiply it, and no chat template needs them.
+STRING_METHODS = frozenset(
+    {
+        "capitalize", "casefold", "center", "count", "endswith", "find", "index", "isalnum",
+        "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric",
+        "isprintable", "isspace", "istitle", "isupper", "join", "ljust", "lower", "lstrip",
+        "partition", "removeprefix", "removesuffix", "replace", "rfind", "rindex", "rjust",
+        "rpartition", "rsplit", "rstrip", "split", "splitlines", "startswith", "strip",
+        "swapcase", "title", "upper", "zfill",
+    }
+)  # fmt: skip
 
 
 class TemplateLimitError(Exception):
@@ -76,10 +93,32 @@ class _GuardedCodeGenerator(CodeGenerator):
         self.write("))")
 
 
-def _size(value: Any) -> int:
-    if isinstance(value, str | bytes | list | tuple | dict):
+def text_size(value: Any, budget: int) -> int:
+    """About how many characters str(value) has, counting no further than past `budget`.
+
+    Walks containers (a list of one long text repeated is as long as all its copies) without
+    building the text, so a value can be refused before str() allocates it.
+    """
+    if isinstance(value, str | bytes):
         return len(value)
-    return 0
+    if isinstance(value, bool) or value is None:
+        return 5
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 2
+    if isinstance(value, Namespace):
+        value = object.__getattribute__(value, "_Namespace__attrs")
+    if isinstance(value, dict):
+        items: Iterable[Any] = (part for pair in value.items() for part in pair)
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = value
+    else:
+        return 32  # numbers, Undefined, loop and macro objects: short texts
+    total = 2
+    for item in items:
+        total += text_size(item, budget - total) + 2
+        if total > budget:
+            break
+    return total
 
 
 class BoundedEnvironment(ImmutableSandboxedEnvironment):
@@ -89,8 +128,9 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
         self.max_chars = RenderLimits().max_chars(0)
+        # finalize sees every `{{ ... }}` value before str() turns it into output.
+        super().__init__(finalize=self._finalize_output, **options)
         for name in REMOVED_FILTERS:
             self.filters.pop(name, None)
         self.globals.pop("lipsum", None)
@@ -108,11 +148,19 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     def _refuse_number() -> TemplateLimitError:
         return TemplateLimitError(f"computes a number of more than {_MAX_INT_BITS:,} bits")
 
+    def _too_large(self, value: Any) -> bool:
+        return text_size(value, self.max_chars) > self.max_chars
+
     def _check_value(self, value: Any) -> Any:
-        if _size(value) > self.max_chars:
+        if self._too_large(value):
             raise self._refuse("a value")
         if isinstance(value, int) and value.bit_length() > _MAX_INT_BITS:
             raise self._refuse_number()
+        return value
+
+    def _finalize_output(self, value: Any) -> Any:
+        if self._too_large(value):
+            raise self._refuse("an output")
         return value
 
     def _check_arguments(self, args: Iterable[Any]) -> None:
@@ -123,14 +171,17 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                 and abs(argument) > _MAX_INT_ARGUMENT
             ):
                 raise TemplateLimitError(f"passes the number {argument:,} as a size or count")
+            if self._too_large(argument):
+                raise self._refuse("an argument")
 
     def _check_join(self, separator: Any, items: Iterable[Any]) -> list[Any]:
         """The items, listed (a generator is read once), if joining them stays under the cap."""
         listed = list(items)
         total = len(str(separator)) * max(0, len(listed) - 1)
-        total += sum(len(item) if isinstance(item, str) else 0 for item in listed)
-        if total > self.max_chars:
-            raise self._refuse("a joined text")
+        for item in listed:
+            total += text_size(item, self.max_chars)
+            if total > self.max_chars:
+                raise self._refuse("a joined text")
         return listed
 
     def _check_replace(self, text: Any, old: Any, new: Any) -> None:
@@ -146,7 +197,10 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return "".join(collected)
 
     def checked_str_join(self, values: Iterable[Any]) -> str:
-        return self.checked_concat(map(str, values))
+        listed = list(values)
+        if sum(text_size(value, self.max_chars) for value in listed) > self.max_chars:
+            raise self._refuse("a text")
+        return "".join(map(str, listed))
 
     # -- the sandbox's hooks ------------------------------------------------------------------
 
@@ -160,14 +214,19 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         elif operator == "%" and isinstance(left, str):
             if _LONG_NUMBER.search(left):
                 raise TemplateLimitError("formats with a width of a million characters or more")
-            self._check_arguments(right if isinstance(right, tuple) else (right,))
-        elif operator == "+" and _size(left) + _size(right) > self.max_chars:
+            arguments = right if isinstance(right, tuple) else (right,)
+            self._check_arguments(arguments)
+            if len(left) + text_size(arguments, self.max_chars) > self.max_chars:
+                raise self._refuse("a formatted text")
+        elif operator == "+" and self._too_large((left, right)):
             raise self._refuse("a value")
         return self._check_value(super().call_binop(context, operator, left, right))
 
     def _predict_product(self, left: Any, right: Any) -> None:
         for sequence, count in ((left, right), (right, left)):
-            if isinstance(count, int) and _size(sequence) * max(count, 0) > self.max_chars:
+            if not (isinstance(count, int) and isinstance(sequence, str | list | tuple)):
+                continue
+            if text_size(sequence, self.max_chars) * max(count, 0) > self.max_chars:
                 raise self._refuse("a repeated value")
         both_numbers = isinstance(left, int) and isinstance(right, int)
         if both_numbers and left.bit_length() + right.bit_length() > _MAX_INT_BITS:
@@ -184,12 +243,15 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         owner = getattr(__obj, "__self__", None)
         name = getattr(__obj, "__name__", "")
         if isinstance(owner, str):
+            if name not in STRING_METHODS:
+                raise TemplateLimitError(f"calls str.{name}, which chat templates may not use")
             if name == "join" and args:
                 args = (__self._check_join(owner, args[0]), *args[1:])
             elif name == "replace" and len(args) >= 2:
                 __self._check_replace(owner, args[0], args[1])
-            elif name in ("format", "format_map") and _LONG_NUMBER.search(owner):
-                raise TemplateLimitError("formats with a width of a million characters or more")
+        elif name in ("format", "format_map"):
+            # The sandbox hands out str.format wrapped; it can repeat its arguments at will.
+            raise TemplateLimitError(f"calls str.{name}, which chat templates may not use")
         return __self._check_value(super().call(__context, __obj, *args, **kwargs))
 
     def _guarded_filter(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,6 +266,10 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
                 values[0] = self._check_join(separator, values[0])
             elif name == "replace" and len(values) >= 3:
                 self._check_replace(values[0], values[1], values[2])
+            elif name == "tojson":
+                indent = kwargs.get("indent", values[1] if len(values) > 1 else None)
+                if isinstance(indent, int) and indent > _MAX_JSON_INDENT:
+                    raise TemplateLimitError(f"indents JSON by {indent:,} spaces")
             return self._check_value(function(*args[:first], *values, **kwargs))
 
         if hasattr(function, "jinja_pass_arg"):

@@ -68,6 +68,31 @@ HOSTILE = {
     "divides-by-zero": ("{{ 1 / 0 }}", "ZeroDivisionError"),
     "escapes-sandbox": ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "failed"),
     "removed-filter": ("{{ 'x'|center(10 ** 6) }}", "not valid Jinja"),
+    "str-format": ("{{ '{:>999999}'.format(1) }}", "calls str.format"),
+    "format-repeats": (
+        "{% set big = 'x' * 200000 %}{{ ('{0}' * 60000).format(big) }}",
+        "calls str.format",
+    ),
+    "expandtabs": ("{{ ('\t' * 200000).expandtabs(999999) }}", "calls str.expandtabs"),
+    "translate": ("{{ ('a' * 200000).translate({97: 'x' * 100000}) }}", "calls str.translate"),
+    "list-repeat-output": ("{% set big = 'x' * 200000 %}{{ [big] * 60000 }}", "larger than"),
+    "percent-repeats": (
+        "{% set big = 'x' * 200000 %}{{ ('%s' * 60000) % ((big,) * 60000) }}",
+        "larger than",
+    ),
+    "literal-list-output": (
+        "{% set big = 'x' * 200000 %}{{ [big, big, big, big, big, big] }}",
+        "larger than",
+    ),
+    "literal-list-concat": (
+        "{% set big = 'x' * 200000 %}{{ [big, big, big, big, big, big] ~ '' }}",
+        "larger than",
+    ),
+    "string-filter": (
+        "{% set big = 'x' * 200000 %}{{ [big, big, big, big, big, big]|string }}",
+        "larger than",
+    ),
+    "json-indent": ("{{ messages|tojson(indent=999999) }}", "indents JSON by 999,999 spaces"),
 }
 
 
