@@ -9,6 +9,8 @@ swapped for a placeholder no one can type (it carries a fresh random nonce), the
 is split at the control tokens that remain, which are the markup's, and the placeholders are put
 back inside the text pieces. The template sees the same messages otherwise, so for ordinary
 messages the pieces tokenize exactly as the whole prompt did with special-token parsing on.
+(Only a template that itself writes half a control token right beside a message could let the
+message complete it; the R1 templates write whole tokens, and the template is the model's own.)
 """
 
 from __future__ import annotations
