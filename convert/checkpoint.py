@@ -22,6 +22,18 @@ CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _SHARD_NAME = re.compile(r"(?P<stem>.+)-(?P<index>\d+)-of-(?P<count>\d+)\.safetensors")
+# Far beyond any Qwen2 (Fathom-R1-14B: 48 layers, 40 heads, 5,120 wide, 152,064 tokens) and low
+# enough that the expected-tensor list and shape arithmetic stay cheap: a config past these is
+# refused before a single shard header is read.
+_LIMITS = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 1 << 20,
+    "intermediate_size": 1 << 20,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "vocab_size": 1 << 22,
+    "max_position_embeddings": 1 << 24,
+}
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,12 @@ def _positive_int(config: dict[str, Any], key: str, default: Any = None) -> int:
     value = config.get(key, default)
     if type(value) is not int or value <= 0:
         raise ConversionError(f"config.json: {key} must be a positive integer, got {value!r}.")
+    limit = _LIMITS.get(key)
+    if limit is not None and value > limit:
+        raise ConversionError(
+            f"config.json: {key} is {value:,}, beyond any real model (at most {limit:,}); "
+            f"the file is damaged."
+        )
     return value
 
 

@@ -14,10 +14,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import select
 import signal
 import sys
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,8 +80,55 @@ def _non_negative(value: str) -> int:
     return number
 
 
+def _finite(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {value}")
+    return number
+
+
+def _temperature(value: str) -> float:
+    number = _finite(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative ({value})")
+    return number
+
+
+def _top_p(value: str) -> float:
+    number = _finite(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {value}")
+    return number
+
+
+def _text(value: str) -> str:
+    """A message given on the command line: refuse bytes that are not UTF-8, naming them.
+
+    Python hands undecodable argument bytes over as lone surrogates, which no tokenizer takes.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raw = value[error.start : error.end].encode("utf-8", "surrogateescape")
+        shown = " ".join(f"0x{byte:02x}" for byte in raw[:4])
+        what = "byte" if len(raw) == 1 else "bytes"
+        raise argparse.ArgumentTypeError(
+            f"is not valid UTF-8 text ({what} {shown} at character {error.start + 1})"
+        ) from None
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        # One line: argparse's usage block is longer than the mistake it points at.
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Chat with Fathom-R1-14B (a GGUF file) in the terminal.",
     )
@@ -88,16 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the GGUF model file (default: the embedded demo model, math word problems only)",
     )
-    parser.add_argument("--prompt", help="answer this one message and exit")
-    parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--prompt", type=_text, help="answer this one message and exit")
+    parser.add_argument("--system", type=_text, help="system prompt")
     parser.add_argument(
         "--eval-preset",
         action="store_true",
         help="add Fathom's evaluation instruction (reason step by step, \\boxed{} answer)",
     )
     parser.add_argument("--max-tokens", type=_positive, help="stop the reply after N tokens")
-    parser.add_argument("--temperature", type=float, default=FATHOM_TEMPERATURE)
-    parser.add_argument("--top-p", type=float, default=FATHOM_TOP_P)
+    parser.add_argument("--temperature", type=_temperature, default=FATHOM_TEMPERATURE)
+    parser.add_argument("--top-p", type=_top_p, default=FATHOM_TOP_P)
     parser.add_argument("--seed", type=int, help="sampling seed, for repeatable replies")
     parser.add_argument(
         "--n-gpu-layers",

@@ -6,6 +6,7 @@ becomes a ModelFileError whose message names the file and what is wrong with it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,16 @@ from convert.gguf_header import (
 from fathom_desktop.engine.errors import ModelFileError
 
 SUPPORTED_ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN2]
+
+# Far beyond any Qwen2 (Fathom-R1-14B: 48 blocks, 40 heads, 5,120 wide, 131,072 positions), and
+# low enough that nothing computed from them (tensor lists, KV cache sizes) gets expensive.
+# A value past these comes from a damaged or hostile file and is refused before any other work.
+MAX_BLOCKS = 1024
+MAX_CONTEXT = 1 << 24
+MAX_HEADS = 1024
+MAX_WIDTH = 1 << 20  # embedding and feed-forward lengths, head size
+MAX_CHAT_TEMPLATE_CHARS = 256 * 1024
+_BLOCK_INDEX = re.compile(r"blk\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,10 @@ def check_model_file(path: Path | str) -> ModelFileInfo:
     """Validate a Fathom/Qwen2 GGUF; raises ModelFileError with a one-line reason."""
     path = Path(path)
     label = path.name or str(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a GGUF model file.")
+    if path.exists() and not path.is_file():  # /dev/null, a pipe, a socket
+        raise ModelFileError(f"{path} is not a regular file, so it cannot be a GGUF model file.")
     if not path.is_file():
         raise ModelFileError(f"{label}: no such model file.")
     try:
@@ -111,31 +126,44 @@ def _check_header(path: Path, label: str, header: GgufHeader) -> ModelFileInfo:
             "(Fathom-R1-14B) only."
         )
 
-    def hparam(key: str, default: int | None = None) -> int:
-        value = header.get(key.format(arch=arch), default)
+    def hparam(key: str, limit: int, default: int | None = None) -> int:
+        name = key.format(arch=arch)
+        value = header.get(name, default)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ModelFileError(f"{label} lacks a valid '{key.format(arch=arch)}' setting.")
+            raise ModelFileError(f"{label} lacks a valid '{name}' setting.")
+        if value > limit:
+            raise ModelFileError(
+                f"{label} is damaged: its '{name}' is {value:,}, beyond any real model "
+                f"(at most {limit:,})."
+            )
         return value
 
-    n_layers = hparam(gguf.Keys.LLM.BLOCK_COUNT)
-    n_embd = hparam(gguf.Keys.LLM.EMBEDDING_LENGTH)
-    n_head = hparam(gguf.Keys.Attention.HEAD_COUNT)
-    n_head_kv = hparam(gguf.Keys.Attention.HEAD_COUNT_KV, n_head)
-    head_dim = hparam(gguf.Keys.Attention.KEY_LENGTH, n_embd // n_head or None)
+    n_layers = hparam(gguf.Keys.LLM.BLOCK_COUNT, MAX_BLOCKS)
+    n_ctx_train = hparam(gguf.Keys.LLM.CONTEXT_LENGTH, MAX_CONTEXT)
+    n_embd = hparam(gguf.Keys.LLM.EMBEDDING_LENGTH, MAX_WIDTH)
+    n_head = hparam(gguf.Keys.Attention.HEAD_COUNT, MAX_HEADS)
+    n_head_kv = hparam(gguf.Keys.Attention.HEAD_COUNT_KV, MAX_HEADS, n_head)
+    head_dim = hparam(gguf.Keys.Attention.KEY_LENGTH, MAX_WIDTH, n_embd // n_head or None)
     shape_info = {
         "n_embd": n_embd,
-        "n_ff": hparam(gguf.Keys.LLM.FEED_FORWARD_LENGTH),
+        "n_ff": hparam(gguf.Keys.LLM.FEED_FORWARD_LENGTH, MAX_WIDTH),
         "n_head": n_head,
         "n_head_kv": n_head_kv,
         "head_dim": head_dim,
         "n_vocab": _vocab_size(header, label),
     }
-    n_ctx_train = hparam(gguf.Keys.LLM.CONTEXT_LENGTH)
+    _check_heads(label, n_head, n_head_kv)
+    _check_block_count(label, header, n_layers)
 
     chat_template = header.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE)
     if not isinstance(chat_template, str) or not chat_template.strip():
         raise ModelFileError(
             f"{label} has no chat template, so a conversation cannot be formatted."
+        )
+    if len(chat_template) > MAX_CHAT_TEMPLATE_CHARS:
+        raise ModelFileError(
+            f"{label} is damaged: its chat template is {len(chat_template):,} characters long "
+            f"(real ones are a few thousand)."
         )
     if not isinstance(header.get(gguf.Keys.Tokenizer.EOS_ID), int):
         raise ModelFileError(f"{label} does not name an end-of-sequence token.")
@@ -159,6 +187,25 @@ def _check_header(path: Path, label: str, header: GgufHeader) -> ModelFileInfo:
         n_vocab=shape_info["n_vocab"],
         tensors=header.tensors,
     )
+
+
+def _check_heads(label: str, n_head: int, n_head_kv: int) -> None:
+    if n_head_kv > n_head or n_head % n_head_kv:
+        raise ModelFileError(
+            f"{label} is damaged: {n_head} attention heads cannot share {n_head_kv} KV heads "
+            "(the head count must be a multiple of the KV head count)."
+        )
+
+
+def _check_block_count(label: str, header: GgufHeader, n_layers: int) -> None:
+    """The block count against the blocks the tensors hold, before the tensor list is built."""
+    indices = {int(m[1]) for t in header.tensors if (m := _BLOCK_INDEX.match(t.name))}
+    present = max(indices) + 1 if indices else 0
+    if present != n_layers:
+        raise ModelFileError(
+            f"{label} is damaged: its block count is {n_layers:,}, but its tensors hold "
+            f"{present:,} blocks."
+        )
 
 
 def _vocab_size(header: GgufHeader, label: str) -> int:

@@ -8,6 +8,7 @@ flat across the 16k-token context.
 
 from __future__ import annotations
 
+import math
 import time
 import unicodedata
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -15,12 +16,13 @@ from dataclasses import dataclass, replace
 
 from fathom_desktop.engine import gpu_support
 from fathom_desktop.engine import llama_backend as backend
-from fathom_desktop.engine.chat_template import ChatTemplate
+from fathom_desktop.engine.chat_template import ChatTemplate, ChatTemplateError, RenderedPrompt
 from fathom_desktop.engine.consensus import ConsensusResult, consensus
 from fathom_desktop.engine.context import fit_to_context, reply_reserve
 from fathom_desktop.engine.errors import (
     DecodeError,
     EngineError,
+    ModelFileError,
     ModelLoadError,
     ModelNotLoadedError,
     SettingsError,
@@ -54,6 +56,8 @@ class _Loaded:
     report: LoadReport
     info: ModelFileInfo
     template: ChatTemplate
+    # Control-token text -> id: only the template's markup may produce these.
+    control_ids: dict[str, int]
     bos: int
     add_bos: bool
     setup: ReplySetup
@@ -81,6 +85,7 @@ class LlamaEngine:
 
     def load(self, options: LoadOptions) -> LoadReport:
         info = check_model_file(options.model_path)  # before the old model goes
+        _probe_template(info)  # before the weights are read
         notes: list[str] = []
         options = _cap_context(options, info, notes)
         _validate(options)
@@ -201,26 +206,40 @@ class LlamaEngine:
         return self._model
 
     def _tokenize(self, text: str) -> list[int]:
+        """Tokens of `text` read as text: a control token's text in it stays text."""
         model = self._require()
-        return model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return model.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenize(_nfc(text)))
+        return len(self._tokenize(_nfc(_valid_text(text))))
 
     def render_prompt(self, messages: Sequence[ChatMessage]) -> str:
+        return self._render(messages).text
+
+    def _render(self, messages: Sequence[ChatMessage]) -> RenderedPrompt:
         # The model was trained on NFC text (tokenizer.json normalizes to NFC); llama.cpp's
         # tokenizer does not normalize, so decomposed input (macOS file names, some pastes)
         # would otherwise reach the model as token sequences it has never seen.
-        normalized = [replace(m, content=_nfc(m.content)) for m in messages]
-        return self._require().template.render(normalized)
+        normalized = [replace(m, content=_nfc(_valid_text(m.content))) for m in messages]
+        return self._require().template.render_pieces(normalized)
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The tokens the engine would send for `messages` (rendered, before any trimming)."""
-        return self._prompt_tokens(self.render_prompt(messages))
+        return self._prompt_tokens(self._render(messages))
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    def _prompt_tokens(self, prompt: RenderedPrompt) -> list[int]:
+        """Markup's control tokens by id, everything else tokenized as text.
+
+        Text pieces run from one control token to the next, so markup text and message text
+        between them are tokenized together, exactly as a whole-prompt tokenization would.
+        """
         model = self._require()
-        tokens = self._tokenize(prompt)
+        tokens: list[int] = []
+        for piece in prompt.pieces:
+            if piece.control:
+                tokens.append(model.control_ids[piece.text])
+            else:
+                tokens += self._tokenize(piece.text)
         # The R1 templates write BOS themselves; add it only for a template that does not.
         if model.add_bos and (not tokens or tokens[0] != model.bos):
             tokens.insert(0, model.bos)
@@ -241,18 +260,22 @@ class LlamaEngine:
             self._active = None
         _validate_sampling(sampling)
         n_ctx = model.report.n_ctx
+        # Each candidate is rendered and tokenized once; the chosen one is not done again.
+        prepared: dict[tuple[ChatMessage, ...], tuple[RenderedPrompt, list[int]]] = {}
+
+        def count(candidate: Sequence[ChatMessage]) -> int:
+            rendered = self._render(candidate)
+            prepared[tuple(candidate)] = (rendered, self._prompt_tokens(rendered))
+            return len(prepared[tuple(candidate)][1])
+
         fitted = fit_to_context(
-            messages,
-            lambda candidate: len(self._prompt_tokens(self.render_prompt(candidate))),
-            n_ctx=n_ctx,
-            reserve=reply_reserve(n_ctx, sampling.max_tokens),
+            messages, count, n_ctx=n_ctx, reserve=reply_reserve(n_ctx, sampling.max_tokens)
         )
-        prompt = self.render_prompt(fitted.messages)
-        tokens = self._prompt_tokens(prompt)
+        prompt, tokens = prepared[tuple(fitted.messages)]
         stream = self._stream(
             model,
             tokens,
-            starts_in_reasoning=prompt_opens_reasoning(prompt),
+            starts_in_reasoning=prompt_opens_reasoning(prompt.text),
             dropped=fitted.dropped_messages,
             sampling=sampling,
             control=control or GenerationControl(),
@@ -324,6 +347,19 @@ def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int]) -> None:
         raise DecodeError(f"llama.cpp failed while reading the prompt ({error}).") from None
 
 
+def _valid_text(text: str) -> str:
+    """Refuse a lone surrogate (undecodable bytes smuggled into a str), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise EngineError(
+            f"A message holds something that is not text (an unpaired surrogate, "
+            f"U+{ord(text[error.start]):04X}, at character {error.start + 1}); remove it and "
+            "send again."
+        ) from None
+    return text
+
+
 def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
@@ -366,10 +402,26 @@ def _validate(options: LoadOptions) -> None:
 
 
 def _validate_sampling(sampling: SamplingParams) -> None:
+    # NaN passes every comparison (nan < 0 is False) and reaches llama.cpp's samplers as garbage,
+    # so finiteness is checked first.
+    for name, value in (
+        ("temperature", sampling.temperature),
+        ("top_p", sampling.top_p),
+        ("min_p", sampling.min_p),
+        ("repeat_penalty", sampling.repeat_penalty),
+    ):
+        if not math.isfinite(value):
+            raise SettingsError(f"The {name} must be a finite number, not {value}.")
     if sampling.temperature < 0:
         raise SettingsError("The temperature cannot be negative.")
     if not 0.0 < sampling.top_p <= 1.0:
         raise SettingsError("top_p must be in (0, 1].")
+    if not 0.0 <= sampling.min_p <= 1.0:
+        raise SettingsError("min_p must be in [0, 1].")
+    if sampling.repeat_penalty <= 0:
+        raise SettingsError("The repeat penalty must be above 0.")
+    if sampling.top_k < 0:
+        raise SettingsError("top_k cannot be negative.")
     if sampling.max_tokens is not None and sampling.max_tokens < 1:
         raise SettingsError("max_tokens must be at least 1.")
     if sampling.thinking_budget is not None and sampling.thinking_budget < 0:
@@ -382,6 +434,39 @@ def _token_text(vocab: llama_cpp.llama_vocab_p, token: int) -> str:
     return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", "replace")
 
 
+def _probe_template(info: ModelFileInfo) -> None:
+    """Refuse a model whose chat template is broken or runs away, before its weights load.
+
+    BOS/EOS texts are stand-ins here (the vocabulary is not read yet); they only fill slots.
+    """
+    try:
+        ChatTemplate(info.chat_template, bos_token="<s>", eos_token="</s>").probe()
+    except ChatTemplateError as error:
+        raise ModelFileError(f"{info.path.name}: its chat template {error.cause}.") from None
+
+
+# The token kinds llama.cpp reads from text only when asked to parse special tokens.
+_PARSED_ONLY_AS_SPECIAL = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+
+
+def _control_ids(llama: llama_cpp.Llama, vocab: llama_cpp.llama_vocab_p) -> dict[str, int]:
+    """The vocabulary's control tokens (CONTROL or UNKNOWN: what parse_special alone reads).
+
+    Each text maps to the id llama.cpp itself gives it, should two ids share a text.
+    """
+    texts = {
+        _token_text(vocab, token)
+        for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+        if llama_cpp.llama_vocab_get_attr(vocab, token) & _PARSED_ONLY_AS_SPECIAL
+    }
+    ids: dict[str, int] = {}
+    for text in filter(None, texts):
+        tokens = llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if len(tokens) == 1:
+            ids[text] = tokens[0]
+    return ids
+
+
 def _prepare(
     llama: llama_cpp.Llama,
     report: LoadReport,
@@ -392,12 +477,17 @@ def _prepare(
     vocab = llama_cpp.llama_model_get_vocab(llama.model)
     bos = llama.token_bos()
     eos = llama.token_eos()
-    template = ChatTemplate(
-        info.chat_template,
-        bos_token=_token_text(vocab, bos),
-        eos_token=_token_text(vocab, eos),
-    )
-    closer = llama.tokenize(REASONING_CLOSER.encode("utf-8"), add_bos=False, special=True)
+    control_ids = _control_ids(llama, vocab)
+    try:
+        template = ChatTemplate(
+            info.chat_template,
+            bos_token=_token_text(vocab, bos),
+            eos_token=_token_text(vocab, eos),
+            control_texts=control_ids,
+        )
+        template.probe()
+    except ChatTemplateError as error:
+        raise ModelFileError(f"{info.path.name}: its chat template {error.cause}.") from None
     # `</think>` must come out of the detokenizer as text. As a USER_DEFINED token it does; if a
     # converter marked it CONTROL, render special tokens rather than lose the split.
     think_close = llama.tokenize(THINK_CLOSE.encode("utf-8"), add_bos=False, special=True)
@@ -405,6 +495,8 @@ def _prepare(
     if render_special:
         notes.append("</think> is a control token in this file; special tokens will be shown.")
         report = replace(report, notes=tuple(notes))
+    # The closer is text; only in such a file is its `</think>` the control token it must be.
+    closer = llama.tokenize(REASONING_CLOSER.encode("utf-8"), add_bos=False, special=render_special)
     setup = ReplySetup(
         llama=llama,
         vocab=vocab,
@@ -418,6 +510,7 @@ def _prepare(
         report=report,
         info=info,
         template=template,
+        control_ids=control_ids,
         bos=bos,
         add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
         setup=setup,

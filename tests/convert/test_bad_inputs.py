@@ -386,3 +386,48 @@ def test_duplicate_tensor_across_shards(tmp_path: Path, out_dir: Path) -> None:
         },
     )
     assert "'model.norm.weight' appears in both" in refuse(ckpt.path, out_dir)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"num_hidden_layers": 1_000_000}, "num_hidden_layers is 1,000,000, beyond any real model"),
+        ({"num_hidden_layers": 1e6}, "num_hidden_layers must be a positive integer, got 1000000.0"),
+        ({"max_position_embeddings": 2**31}, "max_position_embeddings is 2,147,483,648, beyond"),
+        ({"num_attention_heads": 100_000}, "num_attention_heads is 100,000, beyond any real model"),
+        ({"hidden_size": 2**40}, "hidden_size is 1,099,511,627,776, beyond any real model"),
+        ({"vocab_size": 10**9}, "vocab_size is 1,000,000,000, beyond any real model"),
+    ],
+    ids=["layers", "layers-float", "context", "heads", "width", "vocab"],
+)
+def test_absurd_config_is_refused_before_reading_tensors(
+    tmp_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch, change, expected
+) -> None:
+    import convert.checkpoint
+
+    ckpt = small_checkpoint(tmp_path)
+    edit_json(ckpt.path / "config.json", lambda c: c.update(change))
+
+    def must_not_read(path: Path) -> None:
+        raise AssertionError(f"read {path.name} for a config that is refused anyway")
+
+    monkeypatch.setattr(convert.checkpoint, "read_header", must_not_read)
+    assert expected in refuse(ckpt.path, out_dir)
+
+
+def test_absurd_layer_count_through_the_command_line(tmp_path: Path, out_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.convert.cli_process import PROJECT_ROOT
+
+    ckpt = small_checkpoint(tmp_path)
+    edit_json(ckpt.path / "config.json", lambda c: c.update(num_hidden_layers=1_000_000))
+    done = subprocess.run(
+        [sys.executable, "-m", "convert", "gguf", str(ckpt.path), "-o", str(out_dir / "m.gguf")],
+        capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "num_hidden_layers is 1,000,000" in lines[0], done.stderr
+    assert list(out_dir.iterdir()) == []

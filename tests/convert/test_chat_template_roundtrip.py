@@ -41,9 +41,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def hf_tokenizer(fixture_dir: Path) -> Tokenizer:
-    return Tokenizer.from_file(
-        str(fixture_dir / "r1-distill-qwen-tokenizer" / "tokenizer.json")
-    )
+    return Tokenizer.from_file(str(fixture_dir / "r1-distill-qwen-tokenizer" / "tokenizer.json"))
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +99,37 @@ def test_prompt_tokens_match(
     assert got[-len(ending) :] == ending
     if conversation == "follow-up":
         assert 151649 not in got  # earlier reasoning stripped: no </think> in the prompt
+
+
+@pytest.fixture(scope="module")
+def engines() -> Iterator[dict[Path, object]]:
+    opened: dict[Path, object] = {}
+    yield opened
+    for engine in opened.values():
+        engine.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("conversation", CONVERSATIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_engine_prompt_tokens_match(
+    request: pytest.FixtureRequest,
+    fixture_dir: Path,
+    hf_tokenizer: Tokenizer,
+    engines: dict[Path, object],
+    variant: str,
+    conversation: str,
+) -> None:
+    """The engine's own prompt (markup's control tokens, messages as text) is HF's prompt."""
+    from fathom_desktop.engine import LlamaEngine
+    from fathom_desktop.engine.types import ChatMessage, LoadOptions
+
+    config_name, gguf_fixture, _ = VARIANTS[variant]
+    gguf_path = request.getfixturevalue(gguf_fixture)
+    if gguf_path not in engines:
+        engine = LlamaEngine()
+        engine.load(LoadOptions(gguf_path, n_ctx=256, n_gpu_layers=0))
+        engines[gguf_path] = engine
+    messages = CONVERSATIONS[conversation]
+    expected = hf_prompt_ids(hf_tokenizer, fixture_dir, config_name, messages)
+    chat = [ChatMessage(m["role"], m["content"]) for m in messages]
+    assert engines[gguf_path].prompt_tokens(chat) == expected  # type: ignore[attr-defined]

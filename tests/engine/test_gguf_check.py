@@ -87,3 +87,48 @@ def test_missing_chat_template(tmp_path: Path):
 def test_missing_tensor_is_named(tmp_path: Path):
     path = small_qwen2(tmp_path / "partial.gguf", drop="blk.1.ffn_up.weight")
     assert "blk.1.ffn_up.weight" in reason(path)
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({"block_count": 1_000_000}, "'qwen2.block_count' is 1,000,000, beyond any real model"),
+        ({"context_length": 2**31}, "'qwen2.context_length' is 2,147,483,648, beyond any"),
+        ({"attention.head_count": 5000}, "'qwen2.attention.head_count' is 5,000, beyond any"),
+        ({"embedding_length": 2**30}, "'qwen2.embedding_length' is 1,073,741,824, beyond any"),
+        ({"block_count": 3}, "its block count is 3, but its tensors hold 2 blocks"),
+        ({"block_count": 1}, "its block count is 1, but its tensors hold 2 blocks"),
+        ({"attention.head_count_kv": 3}, "2 attention heads cannot share 3 KV heads"),
+        ({"attention.head_count": 4, "attention.head_count_kv": 3}, "cannot share 3 KV heads"),
+        ({"embedding_length": 48}, "token_embd.weight has shape [32, 16], expected [48, 16]"),
+        ({"attention.head_count": 4}, "tensor blk.0.attn_k.weight has shape"),
+        ({"context_length": 0}, "lacks a valid 'qwen2.context_length' setting"),
+    ],
+    ids=[
+        "blocks-1e6", "context-2^31", "heads", "width", "more-blocks", "fewer-blocks",
+        "kv-heads-above", "kv-heads-no-multiple", "width-vs-tensors", "heads-vs-tensors",
+        "zero-context",
+    ],
+)  # fmt: skip
+def test_metadata_against_itself_and_the_tensors(tmp_path: Path, claims: dict, expected: str):
+    path = small_qwen2(tmp_path / "claims.gguf", claims=claims)
+    assert expected in reason(path)
+
+
+def test_oversized_chat_template_is_refused(tmp_path: Path):
+    template = "{# padding #}" * 30_000 + "{{ messages }}"
+    assert "chat template is 390,014 characters" in reason(
+        small_qwen2(tmp_path / "long.gguf", chat_template=template)
+    )
+
+
+@pytest.mark.parametrize(
+    "claims", [{"context_length": 2**31}, {"block_count": 1_000_000}], ids=["context", "blocks"]
+)
+def test_fathom_chat_refuses_absurd_metadata_in_one_line(tmp_path: Path, claims: dict):
+    from tests.engine.test_chat_cli import fathom_chat, one_line_error
+
+    path = small_qwen2(tmp_path / "absurd.gguf", claims=claims)
+    line = one_line_error(fathom_chat("--model", str(path), "--prompt", "hi"))
+    assert line.startswith("fathom-chat: absurd.gguf is damaged: its 'qwen2.")
+    assert "beyond any real model" in line

@@ -63,8 +63,12 @@ def write_tiny_qwen2(
     seed: int = 0,
     embedding_dtype: type = np.float32,
     with_tokenizer: bool = True,
+    template_source: str | None = None,
 ) -> Path:
-    """A random-weight Qwen2 model llama.cpp can load; `architecture` lets tests lie about it."""
+    """A random-weight Qwen2 model llama.cpp can load; `architecture` lets tests lie about it.
+
+    `template_source` replaces the R1 chat template.
+    """
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), architecture)
     head_dim = shape.n_embd // shape.n_head
@@ -90,7 +94,7 @@ def write_tiny_qwen2(
         writer.add_pad_token_id(eos)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
-        writer.add_chat_template(chat_template(legacy_template))
+        writer.add_chat_template(template_source or chat_template(legacy_template))
 
     def weight(rows: int, cols: int, dtype: type = np.float32) -> np.ndarray:
         return (rng.standard_normal((rows, cols)) * 0.05).astype(dtype)
@@ -129,29 +133,42 @@ def write_tiny_qwen2(
 def small_qwen2(
     path: Path,
     *,
-    chat_template: bool = True,
+    chat_template: bool | str = True,
     tokenizer: bool = True,
     drop: str | None = None,
     n_layers: int = 2,
     architecture: str = "qwen2",
+    claims: dict[str, int] | None = None,
 ) -> Path:
-    """A structurally complete Qwen2 GGUF with a 16-token vocabulary and mixed tensor types."""
+    """A structurally complete Qwen2 GGUF with a 16-token vocabulary and mixed tensor types.
+
+    `chat_template` may be the template's source; `claims` overrides hyper-parameters in the
+    metadata ("block_count", "context_length", "embedding_length", "attention.head_count",
+    "attention.head_count_kv") without changing the tensors.
+    """
     n_embd, n_ff, n_vocab, n_head, n_kv = 32, 64, 16, 2, 1
     kv = n_kv * n_embd // n_head
     writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_block_count(n_layers)
-    writer.add_context_length(256)
-    writer.add_embedding_length(n_embd)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
+    metadata = {
+        "block_count": n_layers,
+        "context_length": 256,
+        "embedding_length": n_embd,
+        "feed_forward_length": n_ff,
+        "attention.head_count": n_head,
+        "attention.head_count_kv": n_kv,
+        **(claims or {}),
+    }
+    for key, value in metadata.items():
+        writer.add_uint32(f"{architecture}.{key}", value)
     writer.add_layer_norm_rms_eps(1e-6)
     if tokenizer:
         writer.add_tokenizer_model("gpt2")
         writer.add_token_list([f"t{i}" for i in range(n_vocab)])
         writer.add_eos_token_id(1)
     if chat_template:
-        writer.add_chat_template("{{ messages }}")
+        writer.add_chat_template(
+            chat_template if isinstance(chat_template, str) else "{{ messages }}"
+        )
     rng = np.random.default_rng(0)
     shapes = {
         "token_embd.weight": (n_vocab, n_embd),
