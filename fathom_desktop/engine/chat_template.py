@@ -12,7 +12,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from fathom_desktop.engine.errors import EngineError, ModelFileError
-from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, ChatMessage
+from fathom_desktop.engine.types import ChatMessage
 
 
 def _raise_exception(message: str) -> None:
@@ -50,20 +50,3 @@ class ChatTemplate:
             raise EngineError(
                 f"The model's chat template could not format the chat: {error}"
             ) from None
-
-
-def with_eval_instruction(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-    """Fathom's evaluation preset: the instruction goes into the user's message.
-
-    R1-family models are evaluated with this directive in the user turn and no system prompt; the
-    boxed answer it asks for is what `consensus` votes on.
-    """
-    result = list(messages)
-    for index in range(len(result) - 1, -1, -1):
-        message = result[index]
-        if message.role == "user":
-            if FATHOM_EVAL_INSTRUCTION not in message.content:
-                content = f"{message.content.rstrip()}\n{FATHOM_EVAL_INSTRUCTION}"
-                result[index] = ChatMessage(role="user", content=content)
-            break
-    return result

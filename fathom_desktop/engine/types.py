@@ -34,6 +34,9 @@ class ChatMessage:
     content: str
     # Earlier assistant turns keep their reasoning for display; it is never sent back to the model.
     reasoning: str | None = None
+    # An unfinished reply, last in the conversation: the engine continues it where it ended
+    # (its reasoning, then its answer), as if it had never stopped. See engine/prompt.py.
+    partial: bool = False
 
 
 @dataclass(frozen=True)

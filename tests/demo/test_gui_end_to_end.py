@@ -44,7 +44,7 @@ def test_a_held_out_problem_is_answered_right_in_the_window(
     right = 0
     problems = held_out_problems(3)
     for problem in problems:
-        window.send(problem.question)
+        window.session.send(problem.question)
         reply = window.chat.assistant_messages()[-1]
         qtbot.waitUntil(lambda: reply.reasoning.tokens > 10, timeout=WAIT_MS)  # noqa: B023
         wait_idle(qtbot, window)
@@ -54,7 +54,7 @@ def test_a_held_out_problem_is_answered_right_in_the_window(
         assert reply.reasoning.header_text().startswith("Thought for ")
         assert "\\boxed" not in reply.answer.toPlainText()  # drawn, not raw TeX
         assert reply.answer.formulas >= 1
-        stored = window.history.messages(window.conversation_id)[-1]
+        stored = window.session.history.messages(window.session.conversation_id)[-1]
         assert stored.status is MessageStatus.COMPLETE
         assert "</think>" not in (stored.reasoning or "") + stored.content
         right += extract_boxed(stored.content) == str(problem.answer)
