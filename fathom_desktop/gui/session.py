@@ -170,6 +170,7 @@ class Turn:
     base_reasoning: str = ""
     base_answer: str = ""
     base_reasoning_tokens: int = 0
+    base_reasoning_seconds: float = 0.0
     reasoning: list[str] = field(default_factory=list)
     answer: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -249,6 +250,7 @@ class ChatSession(QObject):
         self.conversation_id: int | None = None
         self.turn: Turn | None = None
         self.report: LoadReport | None = None
+        self._good_report: LoadReport | None = None  # what the last good load reported
         # What was asked to load last, and the last options that loaded: a crash reloads the
         # first, a bad replacement model goes back to the second.
         self.loading: LoadOptions | None = None
@@ -309,8 +311,9 @@ class ChatSession(QObject):
         return True
 
     def _fewer_gpu_layers(self) -> int | None:
-        if self.report is not None and self.loading == self.last_good_load:
-            return fewer_gpu_layers(self.report.n_gpu_layers)
+        """Half the GPU layers of what failed: as loaded, or as asked when it never loaded."""
+        if self._good_report is not None and self.loading == self.last_good_load:
+            return fewer_gpu_layers(self._good_report.n_gpu_layers)
         if self.loading is not None:
             return fewer_gpu_layers(self.loading.n_gpu_layers)
         return None
@@ -318,7 +321,7 @@ class ChatSession(QObject):
     def _on_loaded(self, report: LoadReport) -> None:
         if self._closed:
             return
-        self.report = report
+        self.report = self._good_report = report
         self.last_good_load = self.loading
         self._enter(SessionState.READY)
         self.model_loaded.emit(report)
@@ -338,17 +341,10 @@ class ChatSession(QObject):
         self.load_failed.emit(failed.message)
 
     def _engine_died(self, crash: EngineCrashedError, *, while_loading: bool) -> None:
-        layers = self.loading.n_gpu_layers if self.loading is not None else None
-        if self.report is not None:
-            layers = self.report.n_gpu_layers
+        self.report = None  # the model went with the process
         self._enter(SessionState.ENGINE_FAILED)
-        self.engine_failed.emit(
-            EngineFailure(
-                str(crash),
-                while_loading,
-                fewer_gpu_layers(layers) if crash.gpu_memory else None,
-            )
-        )
+        fewer = self._fewer_gpu_layers() if crash.gpu_memory else None
+        self.engine_failed.emit(EngineFailure(str(crash), while_loading, fewer))
 
     # -- conversations ----------------------------------------------------------------------------
 
@@ -546,14 +542,15 @@ class ChatSession(QObject):
         request = self.client.generate(
             self._engine_messages(stored, continuing), sampling, samples, save_partial
         )
-        base_tokens = _reasoning_tokens(continuing) if continuing else 0
+        base_tokens = _recorded(continuing, "reasoning_tokens") if continuing else 0
         self.turn = Turn(
             request=request,
             conversation_id=conversation_id,
             message_id=message_id,
             base_reasoning=base_reasoning,
             base_answer=base_answer,
-            base_reasoning_tokens=base_tokens,
+            base_reasoning_tokens=int(base_tokens),
+            base_reasoning_seconds=_recorded(continuing, "reasoning_seconds") if continuing else 0,
         )
         self._enter(SessionState.READING_PROMPT)
         self.reply_started.emit(
@@ -562,7 +559,7 @@ class ChatSession(QObject):
                 samples,
                 base_reasoning,
                 base_answer,
-                base_tokens,
+                int(base_tokens),
                 continuing.id if continuing else None,
             )
         )
@@ -649,9 +646,10 @@ class ChatSession(QObject):
             stats = dataclasses.replace(
                 stats, reasoning_tokens=stats.reasoning_tokens + turn.base_reasoning_tokens
             )
-        reasoning_seconds = None
+        reasoning_seconds = turn.base_reasoning_seconds or None
         if turn.reasoning_started is not None:
-            reasoning_seconds = (turn.answer_started or time.monotonic()) - turn.reasoning_started
+            thought = (turn.answer_started or time.monotonic()) - turn.reasoning_started
+            reasoning_seconds = turn.base_reasoning_seconds + thought
         record = stats_record(stats, reasoning_seconds, done.consensus)
         if turn.answered_early:
             record["answered_early"] = True
@@ -740,9 +738,9 @@ class ChatSession(QObject):
         self.client.close()
 
 
-def _reasoning_tokens(message: StoredMessage) -> int:
-    """The reasoning tokens recorded for a stored reply (0 when it kept no figures)."""
+def _recorded(message: StoredMessage, key: str) -> float:
+    """A figure recorded with a stored reply (0 when it kept none)."""
     try:
-        return int((message.stats or {}).get("reasoning_tokens", 0))
+        return float((message.stats or {}).get(key) or 0)
     except (TypeError, ValueError):
-        return 0
+        return 0.0
