@@ -159,6 +159,10 @@ class ReasoningPane(QFrame):
 
     def finish(self, stopped: bool = False, tokens: int | None = None) -> None:
         if self.state in (ReasoningState.DONE, ReasoningState.STOPPED):
+            # The pane closes when the answer starts; the engine's final count comes at the end.
+            if tokens is not None and tokens != self.tokens:
+                self.tokens = tokens
+                self._refresh_header()
             return
         if self._started is not None:
             self._elapsed = time.monotonic() - self._started
