@@ -266,18 +266,11 @@ class MainWindow(QMainWindow):
         elif state is SessionState.STOPPING:
             self.statusBar().showMessage("Stopping…")
 
-    @property
-    def report(self) -> LoadReport | None:
-        return self.session.report
-
     def show_banner(self, text: str, kind: BannerKind = BannerKind.PROBLEM) -> None:
         self.banner.show_message(text, kind)
 
     def hide_banner(self) -> None:
         self.banner.hide()
-
-    def banner_text(self) -> str:
-        return self.banner.text()
 
     # -- the model ----------------------------------------------------------------------------
 

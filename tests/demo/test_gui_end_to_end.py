@@ -40,7 +40,8 @@ def test_a_held_out_problem_is_answered_right_in_the_window(
         LlamaEngine(),
         settings={"model_path": str(demo_gguf), "temperature": 0.0, "seed": 0, "n_threads": 2},
     )
-    assert window.report is not None and window.report.n_ctx == 4096  # capped, with a note
+    report = window.session.report
+    assert report is not None and report.n_ctx == 4096  # capped, with a note
     right = 0
     problems = held_out_problems(3)
     for problem in problems:

@@ -72,14 +72,14 @@ def test_no_model_configured_opens_the_first_run_dialog_then_loads_its_choice(
     dialog.accept()
     wait_idle(qtbot, window)
     assert window.store.get("model_path") == str(fake_gguf)
-    assert window.report is not None and window.report.model_path == fake_gguf
+    assert window.session.report is not None and window.session.report.model_path == fake_gguf
 
 
 def test_giving_up_on_the_first_run_leaves_a_usable_window(make_window, qtbot, no_demo):
     window = make_window(settings={"model_path": None}, load=False)
     dialog = _first_run_dialog(start_model(window, window.store, None), qtbot)
     dialog.reject()
-    assert "Choose a GGUF file in File › Settings" in window.banner_text()
+    assert "Choose a GGUF file in File › Settings" in window.banner.text()
     assert window.session.state is SessionState.NO_MODEL
 
 
@@ -125,7 +125,7 @@ def test_real_engine_stop_ends_the_stream(make_window, qtbot, tiny_gguf_f32):
     )
     window.load_model()
     qtbot.waitUntil(lambda: window.session.state is not SessionState.LOADING, timeout=60_000)
-    assert window.session.state is SessionState.READY, window.banner_text()
+    assert window.session.state is SessionState.READY, window.banner.text()
     window.session.send("Go on and on")
     reply = window.chat.assistant_messages()[-1]
     qtbot.waitUntil(lambda: bool(reply.reasoning.text() + reply.answer.source), timeout=WAIT_MS)

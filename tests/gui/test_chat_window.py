@@ -243,11 +243,11 @@ def test_a_bad_model_file_gives_a_message_and_the_app_keeps_running(
     window = make_window(settings={"model_path": str(bad)}, load=False)
     window.load_model()
     qtbot.waitUntil(
-        lambda: window.session.state is SessionState.NO_MODEL and bool(window.banner_text()),
+        lambda: window.session.state is SessionState.NO_MODEL and bool(window.banner.text()),
         timeout=WAIT_MS,
     )
-    assert "notes.gguf is not a GGUF model file." in window.banner_text()
-    assert "Traceback" not in window.banner_text()
+    assert "notes.gguf is not a GGUF model file." in window.banner.text()
+    assert "Traceback" not in window.banner.text()
     assert not window.composer.send_button.isEnabled()
     screenshot(window, artifacts, "06-bad-model-file")
 
@@ -266,10 +266,10 @@ def test_a_bad_replacement_model_falls_back_to_the_previous_one(
     window.store.set("model_path", str(missing))
     window.apply_settings(["model_path"])
     wait_idle(qtbot, window)
-    assert "does not exist" in window.banner_text()
-    assert f"Going back to {fake_gguf.name}" in window.banner_text()
+    assert "does not exist" in window.banner.text()
+    assert f"Going back to {fake_gguf.name}" in window.banner.text()
     assert window.store.get("model_path") == str(fake_gguf)
-    assert window.report is not None and window.report.model_path == fake_gguf
+    assert window.session.report is not None and window.session.report.model_path == fake_gguf
 
 
 def test_history_survives_a_restart(make_window, qtbot, tmp_path, artifacts):
@@ -447,7 +447,7 @@ def test_interrupted_reply_is_shown_as_interrupted(make_window, qtbot, tmp_path)
         reply = history.begin_assistant_message(conversation, "m.gguf", "Q4_K_M", None)
         history.save_partial(reply, "half a thought", "")
     window = make_window(history_path=path)
-    assert "had not finished" in window.banner_text()
+    assert "had not finished" in window.banner.text()
     shown = window.chat.assistant_messages()[-1]
     assert "interrupted" in shown.figures.text()
     assert shown.reasoning.text() == "half a thought"
@@ -457,7 +457,7 @@ def test_the_window_starts_without_a_model(make_window, qtbot, tmp_path: Path):
     window = make_window(settings={"model_path": None}, load=False)
     window.load_model()
     assert window.session.state is SessionState.NO_MODEL
-    assert "Choose a GGUF file in File › Settings" in window.banner_text()
+    assert "Choose a GGUF file in File › Settings" in window.banner.text()
 
 
 def test_settings_dialog_changes_reload_the_model_and_keep_the_chat(make_window, qtbot):

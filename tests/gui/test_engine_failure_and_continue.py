@@ -32,7 +32,7 @@ def test_a_crash_mid_reply_keeps_the_text_and_offers_reload(make_window, qtbot, 
     screenshot(window, artifacts, "10-engine-crashed")
 
     message = "The model's process ended with SIGABRT: CUDA error: out of memory"
-    assert window.banner_text() == message
+    assert window.banner.text() == message
     assert [b.text() for b in window.banner.buttons] == [
         "Reload",
         "Reload with fewer GPU layers (24)",
@@ -54,7 +54,7 @@ def test_a_crash_mid_reply_keeps_the_text_and_offers_reload(make_window, qtbot, 
     wait_idle(qtbot, window)
     assert engine.load_calls[-1].n_gpu_layers == 24
     assert window.gpu_label.text() == "GPU 24/49 layers"
-    assert window.banner_text() == ""
+    assert window.banner.text() == ""
     window.session.send("And the first 60?")
     wait_idle(qtbot, window)
     assert window.chat.assistant_messages()[-1].answer.source == ANSWER
@@ -85,11 +85,11 @@ def test_a_crash_while_loading_shows_the_same_banner(make_window, qtbot):
     window = make_window(engine, load=False)
     window.load_model()
     qtbot.waitUntil(lambda: window.session.state is SessionState.ENGINE_FAILED, timeout=WAIT_MS)
-    assert window.banner_text() == "The model's process ended with SIGSEGV: ggml abort"
+    assert window.banner.text() == "The model's process ended with SIGSEGV: ggml abort"
     assert not window.busy.isVisible()
     qtbot.mouseClick(_button(window, "Reload"), Qt.MouseButton.LeftButton)
     wait_idle(qtbot, window)
-    assert window.report is not None and window.banner_text() == ""
+    assert window.session.report is not None and window.banner.text() == ""
 
 
 def test_continue_button_resumes_a_stopped_reply_in_place(make_window, qtbot, artifacts):
