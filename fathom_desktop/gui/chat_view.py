@@ -393,8 +393,7 @@ class ChatView(QScrollArea):
 
     def clear(self) -> None:
         for widget in self.items():
-            self._layout.removeWidget(widget)
-            widget.deleteLater()
+            self.remove(widget)
         self.follower.at_bottom = True
 
     def add_user(self, text: str, message_id: int) -> UserMessage:
@@ -422,6 +421,7 @@ class ChatView(QScrollArea):
 
     def remove(self, widget: QWidget) -> None:
         self._layout.removeWidget(widget)
+        widget.hide()  # gone from view now, not only once the event loop deletes it
         widget.deleteLater()
 
     def _add(self, widget: QWidget) -> None:

@@ -453,7 +453,9 @@ class MainWindow(QMainWindow):
         collapse = bool(self.store.get("collapse_reasoning_when_answering"))
         widget = self.chat.add_assistant(started.message_id, collapse)
         if started.reasoning:
-            widget.reasoning.append(started.reasoning, started.reasoning_tokens)
+            widget.reasoning.resume(
+                started.reasoning, started.reasoning_tokens, started.reasoning_seconds
+            )
         if started.answer:
             widget.start_answer()
             widget.answer.append_stream(started.answer)

@@ -142,6 +142,13 @@ class ReasoningPane(QFrame):
             self._clock.start()
             self._refresh_header()
 
+    def resume(self, text: str, tokens: int, seconds: float) -> None:
+        """Go on from a reasoning saved earlier: its text, tokens and time thinking so far."""
+        self.start_thinking()
+        if self._started is not None:
+            self._started -= seconds
+        self.append(text, tokens)
+
     def append(self, text: str, total_tokens: int) -> None:
         self.start_thinking()
         self._parts.append(text)

@@ -110,6 +110,7 @@ class ReplyStarted:
     reasoning: str = ""
     answer: str = ""
     reasoning_tokens: int = 0
+    reasoning_seconds: float = 0.0
     replaces: int | None = None
 
 
@@ -560,6 +561,7 @@ class ChatSession(QObject):
                 base_reasoning,
                 base_answer,
                 int(base_tokens),
+                self.turn.base_reasoning_seconds,
                 continuing.id if continuing else None,
             )
         )
@@ -698,6 +700,13 @@ class ChatSession(QObject):
         if failed.crash is not None:
             self._enter(SessionState.ENGINE_FAILED)  # never READY: the model is gone
         self._finish_turn(turn, ended)
+        self.usage_changed.emit(
+            TokenUsage(
+                turn.prompt_tokens,
+                turn.reasoning_tokens - turn.base_reasoning_tokens,
+                turn.answer_tokens,
+            )
+        )
         if failed.crash is not None:
             self._engine_died(failed.crash, while_loading=False)
 
