@@ -85,7 +85,7 @@ def _run(home: Path, tokens: int, rate: float, line_breaks: bool) -> Measurement
     from fathom_desktop.engine.scripted import DEMO_MODEL_PATH, FakeEngine, FakeScript
     from fathom_desktop.engine.types import LoadOptions
     from fathom_desktop.gui.main_window import MainWindow
-    from fathom_desktop.gui.session import SessionState
+    from fathom_desktop.gui.session_types import SessionState
     from fathom_desktop.history import History
     from fathom_desktop.settings import SettingsStore
 

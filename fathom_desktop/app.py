@@ -272,7 +272,7 @@ class DemoStart(QObject):
 
     def _superseded(self) -> bool:
         """True when the window closed, or the user loaded a model of their own meanwhile."""
-        from fathom_desktop.gui.session import SessionState
+        from fathom_desktop.gui.session_types import SessionState
 
         session = self._window.session
         if session.closed:

@@ -37,9 +37,9 @@ from fathom_desktop.gui.replies import (
     restore_reply,
     stats_from_record,
 )
-from fathom_desktop.gui.session import (
+from fathom_desktop.gui.session import ChatSession
+from fathom_desktop.gui.session_types import (
     CONTINUABLE,
-    ChatSession,
     ConversationShown,
     EngineFailure,
     ReplyEnded,

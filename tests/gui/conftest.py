@@ -44,7 +44,7 @@ def make_window(qtbot, tmp_path: Path, fake_gguf: Path) -> Iterator[Callable[...
     """make_window(engine=None, settings=None, history_path=None, load=True) -> MainWindow."""
     from fathom_desktop.engine.scripted import FakeEngine
     from fathom_desktop.gui.main_window import MainWindow
-    from fathom_desktop.gui.session import SessionState
+    from fathom_desktop.gui.session_types import SessionState
     from fathom_desktop.history import History
     from fathom_desktop.settings import SettingsStore
 
@@ -78,7 +78,7 @@ def make_window(qtbot, tmp_path: Path, fake_gguf: Path) -> Iterator[Callable[...
 
 
 def wait_idle(qtbot, window) -> None:
-    from fathom_desktop.gui.session import SessionState
+    from fathom_desktop.gui.session_types import SessionState
 
     qtbot.waitUntil(lambda: window.session.state is SessionState.READY, timeout=WAIT_MS)
 

@@ -19,7 +19,7 @@ from convert.errors import ConversionError
 from fathom_desktop import demo
 from fathom_desktop.app import DemoStart, start_model
 from fathom_desktop.gui.banner import BannerKind
-from fathom_desktop.gui.session import SessionState
+from fathom_desktop.gui.session_types import SessionState
 from fathom_desktop.history import MessageStatus
 from tests.gui.conftest import WAIT_MS, wait_idle
 

@@ -12,7 +12,7 @@ from PySide6.QtCore import qVersion
 from convert.errors import ConversionError
 from fathom_desktop import __version__, demo
 from fathom_desktop.app import start_model
-from fathom_desktop.gui.session import SessionState
+from fathom_desktop.gui.session_types import SessionState
 from fathom_desktop.history import MessageStatus
 from tests.conftest import PROJECT_ROOT
 from tests.gui.conftest import WAIT_MS, wait_idle

@@ -13,7 +13,7 @@ from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, FinishReason
 from fathom_desktop.gui.composer import ComposerMode
 from fathom_desktop.gui.context_meter import MeterLevel
 from fathom_desktop.gui.reasoning_pane import ReasoningState
-from fathom_desktop.gui.session import SessionState
+from fathom_desktop.gui.session_types import SessionState
 from fathom_desktop.history import History, MessageStatus
 from tests.gui.conftest import WAIT_MS, screenshot, wait_idle, write_fake_gguf
 

@@ -7,7 +7,7 @@ from PySide6.QtCore import Qt
 from fathom_desktop.engine.scripted import Crash, FakeEngine, FakeScript
 from fathom_desktop.gui.composer import ComposerMode
 from fathom_desktop.gui.reasoning_pane import ReasoningState
-from fathom_desktop.gui.session import SessionState
+from fathom_desktop.gui.session_types import SessionState
 from fathom_desktop.history import MessageStatus
 from tests.gui.conftest import WAIT_MS, screenshot, wait_idle
 

@@ -9,8 +9,8 @@ import pytest
 
 from fathom_desktop.engine.scripted import Crash, FakeEngine, FakeScript
 from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, LoadOptions
-from fathom_desktop.gui.session import (
-    ChatSession,
+from fathom_desktop.gui.session import ChatSession
+from fathom_desktop.gui.session_types import (
     EngineFailure,
     ReplyEnded,
     ReplyText,
