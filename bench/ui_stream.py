@@ -131,7 +131,7 @@ def _run(home: Path, tokens: int, rate: float, line_breaks: bool) -> Measurement
         last[0] = now
 
     ticker.timeout.connect(tick)
-    window.send("Think about it for a long while.")
+    window.session.send("Think about it for a long while.")
     clock.start()
     ticker.start()
     _pump_until(app, lambda: window.session.state is SessionState.READY, tokens / rate * 3 + 60)
