@@ -321,7 +321,13 @@ class LlamaEngine:
                 control,
                 starts_in_reasoning=starts_in_reasoning,
             )
-            seam = _Seam(llama, sampler) if continued else None
+            seam = None
+            if continued:
+                seam = _Seam(
+                    llama,
+                    sampler,
+                    DeltaKind.REASONING if starts_in_reasoning else DeltaKind.ANSWER,
+                )
             events = reply.events() if seam is None else seam.events(reply.events())
             finish = yield from events
             finished = reply.finished(
@@ -363,12 +369,16 @@ class _Seam:
 
     The reasoning splitter drops whitespace at the start of a section, which is right for a new
     reply but would glue a continued one to its saved text ("Let me check" + "the sum"). The
-    whitespace the model sampled before its first visible text goes back in front of it.
+    whitespace the model sampled before its first visible text goes back in front of it, when
+    that text goes on in the same part (`continues`) as the saved text ended in.
     """
 
-    def __init__(self, llama: llama_cpp.Llama, sampler: _RecordingSampler) -> None:
+    def __init__(
+        self, llama: llama_cpp.Llama, sampler: _RecordingSampler, continues: DeltaKind
+    ) -> None:
         self._llama = llama
         self._sampler = sampler
+        self._continues = continues
         self._kind: DeltaKind | None = None
         self._space = ""
 
@@ -387,6 +397,8 @@ class _Seam:
             yield event
 
     def _restore(self, delta: TextDelta) -> TextDelta:
+        if delta.kind is not self._continues:
+            return delta  # the reasoning closed at once: the answer starts a new part
         sampled = self._llama.detokenize(self._sampler.first).decode("utf-8", "replace")
         space = sampled[: len(sampled) - len(sampled.lstrip())]
         if not space or delta.text.startswith(space):
