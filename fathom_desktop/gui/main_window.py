@@ -424,7 +424,7 @@ class MainWindow(QMainWindow):
     # -- the user's actions on a reply ----------------------------------------------------------
 
     def answer_now(self) -> None:
-        if self.session.answer_now() and self._reply is not None:
+        if self.session.answer_now() and self._reply is not None and self._reply_samples == 1:
             self._reply.reasoning.answered_early = True
 
     def ask_consensus(self) -> None:

@@ -334,10 +334,10 @@ class ChatSession(QObject):
     def answer_now(self) -> bool:
         """End the reasoning here and ask for the answer; False when there is none to end."""
         turn = self.turn
-        if turn is None or self.state is not SessionState.REASONING or turn.samples > 1:
+        if turn is None or self.state is not SessionState.REASONING:
             return False
-        self.client.answer_now()
-        turn.answered_early = True
+        self.client.answer_now()  # with several samples, it ends the current one's reasoning
+        turn.answered_early = turn.samples == 1
         self.status_message.emit("Asking for the answer now…")
         return True
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from fathom_desktop.engine.scripted import DEMO_MODEL_PATH, FakeEngine, FakeScript
+from fathom_desktop.engine.scripted import DEMO_MODEL_PATH, FakeEngine, FakeScript, split_tokens
 from fathom_desktop.engine.types import (
     DeltaKind,
     LoadOptions,
@@ -140,3 +140,27 @@ def test_close_stops_a_running_reply_and_closes_the_engine_in_its_thread(qtbot):
     assert worker_client.thread.isFinished()
     assert engine.closed
     assert closed_in and closed_in[0] is not threading.main_thread()
+
+
+def test_an_engine_that_dies_is_reported_as_a_crash_with_the_text_so_far(qtbot, client):
+    from fathom_desktop.engine.errors import EngineCrashedError
+    from fathom_desktop.engine.scripted import Crash
+
+    engine = FakeEngine(FakeScript(reasoning=REASONING, answer="done"), tokens_per_s=None)
+    engine.crash_next(Crash(after_tokens=30, gpu_memory=True))
+    worker_client = client(engine)
+    events = _record(worker_client)
+    _load(qtbot, worker_client)
+    worker_client.generate([], SamplingParams())
+    _idle(qtbot, worker_client)
+    failed = events[-1]
+    assert isinstance(failed.crash, EngineCrashedError) and failed.crash.gpu_memory
+    assert failed.message == str(failed.crash)
+    assert failed.reasoning_tokens == 30
+    assert failed.reasoning == "".join(split_tokens(REASONING)[:30])
+    # The next load makes the model usable again; a crash while loading is reported as one.
+    engine.crash_next(Crash(while_loading=True))
+    _load(qtbot, worker_client)
+    assert events[-1].crash is not None and events[-1].crash.while_loading
+    _load(qtbot, worker_client)
+    assert type(events[-1]).__name__ == "LoadReport"
