@@ -510,11 +510,11 @@ class MainWindow(QMainWindow):
         else:
             stats = ended.stats
             assert stats is not None
-            if self._reply_samples > 1:
-                widget.reasoning.finish(tokens=widget.reasoning.tokens)
+            # With several samples the pane holds them all, and so does its count.
+            tokens = widget.reasoning.tokens if self._reply_samples > 1 else stats.reasoning_tokens
             figures = figures_text(stats, None, ended.record.get("consensus"))
             stopped = ended.status is MessageStatus.STOPPED
-            widget.finish(ended.answer, stats.reasoning_tokens, figures, stopped)
+            widget.finish(ended.answer, tokens, figures, stopped)
         widget.set_continuable(ended.status in CONTINUABLE)
         self._show_state(self.session.state)
 
