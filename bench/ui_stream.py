@@ -82,9 +82,10 @@ def run(tokens: int, rate: float, line_breaks: bool = True) -> Measurements:
 
 
 def _run(home: Path, tokens: int, rate: float, line_breaks: bool) -> Measurements:
+    from fathom_desktop.engine.scripted import DEMO_MODEL_PATH, FakeEngine, FakeScript
     from fathom_desktop.engine.types import LoadOptions
-    from fathom_desktop.gui.fake_engine import DEMO_MODEL_PATH, FakeEngine, FakeScript
-    from fathom_desktop.gui.main_window import ChatState, MainWindow
+    from fathom_desktop.gui.main_window import MainWindow
+    from fathom_desktop.gui.session_types import SessionState
     from fathom_desktop.history import History
     from fathom_desktop.settings import SettingsStore
 
@@ -96,14 +97,14 @@ def _run(home: Path, tokens: int, rate: float, line_breaks: bool) -> Measurement
 
         _last_tokens = 0
 
-        def _on_batch(self, batch) -> None:
+        def _on_reply_text(self, text) -> None:
             started = time.perf_counter()
-            super()._on_batch(batch)
+            super()._on_reply_text(text)
             spent = time.perf_counter() - started
-            new = batch.reasoning_tokens - self._last_tokens
-            self._last_tokens = batch.reasoning_tokens
+            new = text.reasoning_tokens - self._last_tokens
+            self._last_tokens = text.reasoning_tokens
             if new > 0:
-                measured.batches.append((batch.reasoning_tokens, new, spent))
+                measured.batches.append((text.reasoning_tokens, new, spent))
 
     os.environ["FATHOM_HOME"] = str(home)
     reasoning = synthetic_reasoning(tokens, line_breaks=line_breaks)
@@ -116,7 +117,7 @@ def _run(home: Path, tokens: int, rate: float, line_breaks: bool) -> Measurement
     window.resize(1100, 800)
     window.show()
     window.load_model(LoadOptions(model_path=DEMO_MODEL_PATH, n_ctx=32768))
-    _pump_until(app, lambda: window.state is ChatState.READY, 30)
+    _pump_until(app, lambda: window.session.state is SessionState.READY, 30)
 
     clock = QElapsedTimer()
     ticker = QTimer()
@@ -130,10 +131,10 @@ def _run(home: Path, tokens: int, rate: float, line_breaks: bool) -> Measurement
         last[0] = now
 
     ticker.timeout.connect(tick)
-    window.send("Think about it for a long while.")
+    window.session.send("Think about it for a long while.")
     clock.start()
     ticker.start()
-    _pump_until(app, lambda: window.state is ChatState.READY, tokens / rate * 3 + 60)
+    _pump_until(app, lambda: window.session.state is SessionState.READY, tokens / rate * 3 + 60)
     ticker.stop()
     window.shutdown()
     history.close()

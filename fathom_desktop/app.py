@@ -94,7 +94,7 @@ def _run_app(args: argparse.Namespace) -> int:
     from PySide6.QtWidgets import QApplication
 
     from fathom_desktop import paths
-    from fathom_desktop.gui.fake_engine import FakeEngine
+    from fathom_desktop.engine.scripted import FakeEngine
     from fathom_desktop.gui.main_window import MainWindow
     from fathom_desktop.history import History, HistoryError
     from fathom_desktop.settings import SettingsStore
@@ -191,8 +191,8 @@ def start_model(window, store, model: Path | None, *, fake_engine: bool = False)
     Returns the DemoStart when it goes for the demo (its `dialog` is the first-run dialog should
     the demo be unavailable), else None.
     """
+    from fathom_desktop.engine.scripted import DEMO_MODEL_PATH
     from fathom_desktop.engine.types import LoadOptions
-    from fathom_desktop.gui.fake_engine import DEMO_MODEL_PATH
     from fathom_desktop.settings import SettingsValueError
 
     if model is not None:
@@ -296,13 +296,12 @@ class DemoStart(QObject):
 
     def _superseded(self) -> bool:
         """True when the window closed, or the user loaded a model of their own meanwhile."""
-        from fathom_desktop.gui.main_window import ChatState
-        from fathom_desktop.gui.worker import WorkerState
+        from fathom_desktop.gui.session_types import SessionState
 
-        window = self._window
-        if window.client.state is WorkerState.CLOSED:
+        session = self._window.session
+        if session.closed:
             return True
-        return bool(self._store.get("model_path")) or window.state is not ChatState.NO_MODEL
+        return bool(self._store.get("model_path")) or session.state is not SessionState.NO_MODEL
 
     @Slot(str, int, int, str)
     def _on_progress(self, step: str, done: int, total: int, _message: str) -> None:

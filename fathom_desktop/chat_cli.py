@@ -266,7 +266,7 @@ def _first_messages(args: argparse.Namespace) -> list[ChatMessage]:
 
 def _user_message(args: argparse.Namespace, text: str) -> ChatMessage:
     if args.eval_preset:
-        from fathom_desktop.engine.chat_template import with_eval_instruction
+        from fathom_desktop.engine.prompt import with_eval_instruction
 
         return with_eval_instruction([ChatMessage("user", text)])[0]
     return ChatMessage("user", text)

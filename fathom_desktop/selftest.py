@@ -197,8 +197,8 @@ def check_gui() -> str:
 def _build_windows(qt_version: str) -> str:
     from PySide6.QtWidgets import QApplication
 
+    from fathom_desktop.engine.scripted import FakeEngine
     from fathom_desktop.gui.about import AboutDialog
-    from fathom_desktop.gui.fake_engine import FakeEngine
     from fathom_desktop.gui.main_window import MainWindow
     from fathom_desktop.history import History
     from fathom_desktop.settings import SettingsStore

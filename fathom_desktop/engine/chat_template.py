@@ -29,7 +29,7 @@ from fathom_desktop.engine.template_limits import (
     TemplateLimitError,
     render_bounded,
 )
-from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, ChatMessage
+from fathom_desktop.engine.types import ChatMessage
 
 # Rendered at load: a template that fails or runs away on this is refused before use.
 PROBE_CONVERSATION = (
@@ -207,19 +207,3 @@ def split_control(text: str, control_texts: Sequence[str]) -> list[tuple[str, bo
         fragments = split
     return fragments
 
-
-def with_eval_instruction(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
-    """Fathom's evaluation preset: the instruction goes into the user's message.
-
-    R1-family models are evaluated with this directive in the user turn and no system prompt; the
-    boxed answer it asks for is what `consensus` votes on.
-    """
-    result = list(messages)
-    for index in range(len(result) - 1, -1, -1):
-        message = result[index]
-        if message.role == "user":
-            if FATHOM_EVAL_INSTRUCTION not in message.content:
-                content = f"{message.content.rstrip()}\n{FATHOM_EVAL_INSTRUCTION}"
-                result[index] = ChatMessage(role="user", content=content)
-            break
-    return result

@@ -31,10 +31,14 @@ from fathom_desktop.engine.generation import Reply, ReplySetup
 from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
 from fathom_desktop.engine.native import llama_cpp
 from fathom_desktop.engine.planner import detect_gpu, profile_from_model_file
+from fathom_desktop.engine.prompt import Continuation, split_continuation
 from fathom_desktop.engine.reasoning import THINK_CLOSE, prompt_opens_reasoning
 from fathom_desktop.engine.types import (
     ChatMessage,
     ContextTrimmed,
+    DeltaKind,
+    Finished,
+    FinishReason,
     GenerationControl,
     LoadOptions,
     LoadReport,
@@ -42,6 +46,7 @@ from fathom_desktop.engine.types import (
     PhaseChanged,
     SamplingParams,
     StreamEvent,
+    TextDelta,
 )
 
 # Fed after the last reasoning token when the thinking budget runs out (or "answer now"):
@@ -253,13 +258,25 @@ class LlamaEngine:
         sampling: SamplingParams,
         control: GenerationControl | None = None,
     ) -> Iterator[StreamEvent]:
-        """Validate and fit the prompt now (errors raise here), then stream events."""
+        """Validate and fit the prompt now (errors raise here), then stream events.
+
+        A `partial` assistant message at the end is continued: its text is written after the
+        prompt (prefill) and decoding goes on from there; the events carry only the new text.
+        """
         model = self._require()
         if self._active is not None:  # a stream left unfinished gives way to the new one
             self._active.close()
             self._active = None
         _validate_sampling(sampling)
         n_ctx = model.report.n_ctx
+        history, partial = split_continuation(messages)
+        continuation: Continuation | None = None
+        prefill: list[int] = []
+        if partial is not None:
+            opens = prompt_opens_reasoning(self._render(history).text)
+            continuation = Continuation.of(partial, prompt_opens_reasoning=opens)
+            # The saved reply is the model's own text: tokenized as text, never as markup.
+            prefill = self._tokenize(_nfc(continuation.text)) if continuation.text else []
         # Each candidate is rendered and tokenized once; the chosen one is not done again.
         prepared: dict[tuple[ChatMessage, ...], tuple[RenderedPrompt, list[int]]] = {}
 
@@ -269,13 +286,22 @@ class LlamaEngine:
             return len(prepared[tuple(candidate)][1])
 
         fitted = fit_to_context(
-            messages, count, n_ctx=n_ctx, reserve=reply_reserve(n_ctx, sampling.max_tokens)
+            history,
+            count,
+            n_ctx=n_ctx,
+            reserve=reply_reserve(n_ctx, sampling.max_tokens) + len(prefill),
         )
-        prompt, tokens = prepared[tuple(fitted.messages)]
+        prompt, prompt_tokens = prepared[tuple(fitted.messages)]
+        tokens = prompt_tokens + prefill
         stream = self._stream(
             model,
             tokens,
-            starts_in_reasoning=prompt_opens_reasoning(prompt.text),
+            starts_in_reasoning=(
+                continuation.in_reasoning
+                if continuation is not None
+                else prompt_opens_reasoning(prompt.text)
+            ),
+            continued=continuation is not None and bool(continuation.text),
             dropped=fitted.dropped_messages,
             sampling=sampling,
             control=control or GenerationControl(),
@@ -301,13 +327,14 @@ class LlamaEngine:
         tokens: list[int],
         *,
         starts_in_reasoning: bool,
+        continued: bool,
         dropped: int,
         sampling: SamplingParams,
         control: GenerationControl,
     ) -> Generator[StreamEvent, None, None]:
         llama = model.llama
         started = time.perf_counter()
-        sampler = backend.Sampler(sampling, llama.n_vocab())
+        sampler = _RecordingSampler(backend.Sampler(sampling, llama.n_vocab()))
         try:
             if dropped:
                 yield ContextTrimmed(dropped_messages=dropped)
@@ -316,18 +343,103 @@ class LlamaEngine:
             _evaluate_prompt(llama, tokens)
             prompt_perf = backend.read_perf(llama)
             reply = Reply(
-                model.setup, sampler, sampling, control, starts_in_reasoning=starts_in_reasoning
+                model.setup,
+                sampler,  # type: ignore[arg-type]  # records what it samples, else a Sampler
+                sampling,
+                control,
+                starts_in_reasoning=starts_in_reasoning,
             )
-            finish = yield from reply.events()
-            yield reply.finished(
+            seam = None
+            if continued:
+                seam = _Seam(
+                    llama,
+                    sampler,
+                    DeltaKind.REASONING if starts_in_reasoning else DeltaKind.ANSWER,
+                )
+            events = reply.events() if seam is None else seam.events(reply.events())
+            finish = yield from events
+            finished = reply.finished(
                 finish,
                 prompt_tokens=len(tokens),
                 started=started,
                 prompt_perf=prompt_perf,
                 dropped=dropped,
             )
+            yield finished if seam is None else seam.finished(finished)
         finally:
             sampler.close()
+
+
+class _RecordingSampler:
+    """A Sampler that remembers the first tokens it sampled (what `_Seam` needs to look at)."""
+
+    KEPT = 16
+
+    def __init__(self, sampler: backend.Sampler) -> None:
+        self._sampler = sampler
+        self.first: list[int] = []
+
+    def sample(self, ctx: llama_cpp.llama_context_p) -> int:
+        token = self._sampler.sample(ctx)
+        if len(self.first) < self.KEPT:
+            self.first.append(token)
+        return token
+
+    def accept(self, token: int) -> None:
+        self._sampler.accept(token)
+
+    def close(self) -> None:
+        self._sampler.close()
+
+
+class _Seam:
+    """Where a continued reply meets its saved text: keep the whitespace the model put there.
+
+    The reasoning splitter drops whitespace at the start of a section, which is right for a new
+    reply but would glue a continued one to its saved text ("Let me check" + "the sum"). The
+    whitespace the model sampled before its first visible text goes back in front of it, when
+    that text goes on in the same part (`continues`) as the saved text ended in.
+    """
+
+    def __init__(
+        self, llama: llama_cpp.Llama, sampler: _RecordingSampler, continues: DeltaKind
+    ) -> None:
+        self._llama = llama
+        self._sampler = sampler
+        self._continues = continues
+        self._kind: DeltaKind | None = None
+        self._space = ""
+
+    def events(
+        self, events: Generator[StreamEvent, None, FinishReason]
+    ) -> Generator[StreamEvent, None, FinishReason]:
+        first = True
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as stop:
+                return stop.value
+            if first and isinstance(event, TextDelta):
+                first = False
+                event = self._restore(event)
+            yield event
+
+    def _restore(self, delta: TextDelta) -> TextDelta:
+        if delta.kind is not self._continues:
+            return delta  # the reasoning closed at once: the answer starts a new part
+        sampled = self._llama.detokenize(self._sampler.first).decode("utf-8", "replace")
+        space = sampled[: len(sampled) - len(sampled.lstrip())]
+        if not space or delta.text.startswith(space):
+            return delta
+        self._kind, self._space = delta.kind, space
+        return replace(delta, text=space + delta.text)
+
+    def finished(self, finished: Finished) -> Finished:
+        if self._kind is DeltaKind.REASONING:
+            return replace(finished, reasoning=self._space + finished.reasoning)
+        if self._kind is DeltaKind.ANSWER:
+            return replace(finished, answer=self._space + finished.answer)
+        return finished
 
 
 def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int]) -> None:

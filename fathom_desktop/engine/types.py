@@ -13,10 +13,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from fathom_desktop.engine.answers import normalize_answer
+
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from fathom_desktop.engine.consensus import ConsensusResult
 
 # Fathom-R1-14B's own recommendations (generation_config.json and the model card).
 FATHOM_N_CTX = 16384
@@ -34,6 +34,9 @@ class ChatMessage:
     content: str
     # Earlier assistant turns keep their reasoning for display; it is never sent back to the model.
     reasoning: str | None = None
+    # An unfinished reply, last in the conversation: the engine continues it where it ended
+    # (its reasoning, then its answer), as if it had never stopped. See engine/prompt.py.
+    partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,34 @@ class Finished:
 
 
 StreamEvent = TextDelta | PhaseChanged | ContextTrimmed | Finished
+
+
+@dataclass(frozen=True)
+class ConsensusResult:
+    # The winning boxed value as the model first wrote it; None when no sample boxed anything.
+    answer: str | None
+    # Votes per normalized value, most votes first.
+    votes: dict[str, int]
+    # Each sample's boxed value (None where it boxed nothing), in sampling order.
+    boxed: tuple[str | None, ...]
+    samples: tuple[Finished, ...]
+
+    @property
+    def winner(self) -> Finished:
+        """The first sample whose boxed answer won the vote (the first sample when none boxed)."""
+        if self.answer is not None:
+            key = normalize_answer(self.answer)
+            for sample, value in zip(self.samples, self.boxed, strict=True):
+                if value is not None and normalize_answer(value) == key:
+                    return sample
+        return self.samples[0]
+
+    @property
+    def agreement(self) -> float:
+        """Share of samples that voted for the winner."""
+        if self.answer is None or not self.samples:
+            return 0.0
+        return self.votes[normalize_answer(self.answer)] / len(self.samples)
 
 
 @dataclass

@@ -231,6 +231,7 @@ class AssistantMessage(QFrame):
     """A reply: reasoning pane, answer, and a footer with its figures and actions."""
 
     regenerate_requested = Signal()
+    continue_requested = Signal(int)  # message id
 
     def __init__(
         self, message_id: int, collapse_when_answering: bool = True, parent: QWidget | None = None
@@ -258,11 +259,21 @@ class AssistantMessage(QFrame):
         self.copy_latex_button.clicked.connect(self.copy_latex)
         self.regenerate_button = QPushButton("Regenerate", self)
         self.regenerate_button.clicked.connect(self.regenerate_requested)
+        self.continue_button = QPushButton("Continue", self)
+        self.continue_button.setToolTip("Go on writing this reply from where it ended")
+        self.continue_button.clicked.connect(lambda: self.continue_requested.emit(self.message_id))
+        self.continue_button.setVisible(False)
         self._footer = QWidget(self)
         footer = QHBoxLayout(self._footer)
         footer.setContentsMargins(0, 0, 0, 0)
         footer.addWidget(self.figures, 1)
-        for button in (self.copy_button, self.copy_latex_button, self.regenerate_button):
+        buttons = (
+            self.continue_button,
+            self.copy_button,
+            self.copy_latex_button,
+            self.regenerate_button,
+        )
+        for button in buttons:
             button.setFlat(True)
             footer.addWidget(button)
         self._footer.setVisible(False)
@@ -324,6 +335,10 @@ class AssistantMessage(QFrame):
     def set_regenerate_visible(self, visible: bool) -> None:
         self.regenerate_button.setVisible(visible)
 
+    def set_continuable(self, continuable: bool) -> None:
+        """Offer Continue: the reply ended before the model finished it (stopped, failed…)."""
+        self.continue_button.setVisible(continuable)
+
     # -- clipboard ----------------------------------------------------------------------------
 
     def copy_text(self) -> None:
@@ -353,6 +368,7 @@ class ChatView(QScrollArea):
 
     edit_submitted = Signal(int, str)
     regenerate_requested = Signal()
+    continue_requested = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -383,8 +399,7 @@ class ChatView(QScrollArea):
 
     def clear(self) -> None:
         for widget in self.items():
-            self._layout.removeWidget(widget)
-            widget.deleteLater()
+            self.remove(widget)
         self.follower.at_bottom = True
         self.welcome.setVisible(True)
 
@@ -399,8 +414,10 @@ class ChatView(QScrollArea):
     ) -> AssistantMessage:
         for earlier in self.assistant_messages():
             earlier.set_regenerate_visible(False)
+            earlier.set_continuable(False)  # only the last reply can be continued
         message = AssistantMessage(message_id, collapse_when_answering, self._content)
         message.regenerate_requested.connect(self.regenerate_requested)
+        message.continue_requested.connect(self.continue_requested)
         self._add(message)
         return message
 
@@ -411,6 +428,7 @@ class ChatView(QScrollArea):
 
     def remove(self, widget: QWidget) -> None:
         self._layout.removeWidget(widget)
+        widget.hide()  # gone from view now, not only once the event loop deletes it
         widget.deleteLater()
         self.welcome.setVisible(not self.items())
 

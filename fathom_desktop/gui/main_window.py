@@ -1,21 +1,22 @@
 """The chat window: sidebar, transcript, context meter, composer and status bar.
 
-It builds the widgets and menus, loads the model the settings name, and keeps the composer and
-actions in step with `ChatState`. The conversation flow lives in the two controllers it owns:
-`TurnController` (send, stop, answer now, regenerate, edit and resend, consensus: one streaming
-reply, kept durable in the history) and `ConversationController` (the sidebar's conversations).
-The window keeps its public methods for them as thin delegates. The model runs in
-`EngineClient`'s thread; the window only posts requests and reacts to the worker's queued signals.
+It builds the widgets and menus, loads the model the settings name, and renders what its
+`ChatSession` reports: the state (what the composer and the Chat menu allow), the conversation,
+the reply as it streams and how it ended, and an engine that failed. What the user does goes to
+the session; the window keeps no conversation state of its own beyond the reply widget it is
+filling.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QTextCursor
 from PySide6.QtWidgets import (
+    QInputDialog,
     QLabel,
     QMainWindow,
     QProgressBar,
@@ -25,22 +26,39 @@ from PySide6.QtWidgets import (
 )
 
 from fathom_desktop.engine.planner import layers_on_gpu
-from fathom_desktop.engine.types import LoadOptions, LoadReport
+from fathom_desktop.engine.types import LoadOptions, LoadReport, Phase
 from fathom_desktop.gui.banner import BANNER_STYLE, Banner, BannerKind
-from fathom_desktop.gui.chat_state import ChatState
-from fathom_desktop.gui.chat_view import ChatView
+from fathom_desktop.gui.chat_view import AssistantMessage, ChatView
 from fathom_desktop.gui.composer import Composer, ComposerMode
-from fathom_desktop.gui.context_meter import ContextMeter
-from fathom_desktop.gui.conversations import ConversationController
+from fathom_desktop.gui.context_meter import ContextMeter, ContextUsage
 from fathom_desktop.gui.export_actions import ConversationExporter
+from fathom_desktop.gui.reasoning_pane import LIVE_FIGURES_INTERVAL_S
+from fathom_desktop.gui.replies import (
+    earlier_messages_text,
+    figures_text,
+    restore_reply,
+    stats_from_record,
+)
+from fathom_desktop.gui.session import ChatSession
+from fathom_desktop.gui.session_types import (
+    CONTINUABLE,
+    ConversationShown,
+    EngineFailure,
+    ReplyEnded,
+    ReplyStarted,
+    ReplyText,
+    SessionState,
+    TokenUsage,
+)
 from fathom_desktop.gui.sidebar import ConversationSidebar
-from fathom_desktop.gui.turns import TurnController
-from fathom_desktop.gui.worker import EngineClient, EngineFactory, StreamBatch
-from fathom_desktop.history import History
+from fathom_desktop.gui.worker import EngineFactory
+from fathom_desktop.history import History, MessageStatus, StoredMessage
 from fathom_desktop.render.math import start_warm_up
 from fathom_desktop.settings import LOAD_KEYS, SettingsStore, SettingsValueError, load_settings
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CONSENSUS_SAMPLES = 5
 
 STYLE_SHEET = (
     """
@@ -70,34 +88,39 @@ class MainWindow(QMainWindow):
         self.resize(1100, 760)
         self.setStyleSheet(STYLE_SHEET)
         self.store = store
-        self.history = history
-        self.state = ChatState.NO_MODEL
-        self.report: LoadReport | None = None
-        self.conversation_id: int | None = None
-        self._last_good_load: LoadOptions | None = None
-        self._loading: LoadOptions | None = None
-        self._closed = False
-
-        self.client = EngineClient(engine_factory, self)
-        self.turns = TurnController(self)
-        self.conversations = ConversationController(self)
-        worker = self.client.worker
-        # Queued: these are emitted in the model thread and the handlers touch widgets.
-        queued = Qt.ConnectionType.QueuedConnection
-        worker.load_finished.connect(self._on_loaded, queued)
-        worker.load_failed.connect(self._on_load_failed, queued)
-        worker.batch.connect(self._on_batch, queued)
-        worker.notice.connect(self.turns.on_notice, queued)
-        worker.generation_done.connect(self.turns.on_done, queued)
-        worker.generation_failed.connect(self.turns.on_failed, queued)
+        self.session = ChatSession(engine_factory, history, store, self)
+        # The reply being filled, and when its live figures last changed (they relayout).
+        self._reply: AssistantMessage | None = None
+        self._reply_samples = 1
+        self._usage_shown_at = 0.0
 
         start_warm_up()
         self._build_widgets()
         self._build_menus()
-        self.conversations.refresh()
+        session = self.session
+        # Direct: the session lives in the GUI thread and reports there.
+        session.state_changed.connect(self._show_state)
+        session.model_loaded.connect(self._on_loaded)
+        session.load_failed.connect(self._on_load_failed)
+        session.engine_failed.connect(self._on_engine_failed)
+        session.problem.connect(self.show_banner)
+        session.status_message.connect(lambda text: self.statusBar().showMessage(text, 4000))
+        session.conversation_shown.connect(self._show_conversation)
+        session.conversations_changed.connect(self.refresh_sidebar)
+        session.user_message_added.connect(
+            lambda message_id, text: self.chat.add_user(text, message_id)
+        )
+        session.reply_started.connect(self._on_reply_started)
+        session.reply_text.connect(self._on_reply_text)
+        session.reply_phase.connect(self._on_reply_phase)
+        session.context_trimmed.connect(self._on_context_trimmed)
+        session.usage_changed.connect(self._show_usage)
+        session.reply_finished.connect(self._on_reply_finished)
+
+        self.refresh_sidebar()
         conversations = self.sidebar.ids()
         if conversations:
-            self.conversations.open(conversations[0])
+            session.open_conversation(conversations[0])
         if history.recovered_interrupted:
             count = history.recovered_interrupted
             self.show_banner(
@@ -105,18 +128,18 @@ class MainWindow(QMainWindow):
                 " closed;"
                 " what was saved is kept and marked interrupted."
             )
-        self.set_state(ChatState.NO_MODEL)
+        self._show_state(session.state)
 
     # -- construction -------------------------------------------------------------------------
 
     def _build_widgets(self) -> None:
         self.sidebar = ConversationSidebar(self)
-        self.sidebar.new_requested.connect(self.conversations.new)
-        self.sidebar.conversation_selected.connect(self.conversations.open)
-        self.sidebar.search_changed.connect(lambda _text: self.conversations.refresh())
-        self.sidebar.rename_requested.connect(self.conversations.rename)
-        self.sidebar.delete_requested.connect(self.conversations.delete)
-        self.exporter = ConversationExporter(self.history, self)
+        self.sidebar.new_requested.connect(self.session.new_conversation)
+        self.sidebar.conversation_selected.connect(self.session.open_conversation)
+        self.sidebar.search_changed.connect(lambda _text: self.refresh_sidebar())
+        self.sidebar.rename_requested.connect(self._rename)
+        self.sidebar.delete_requested.connect(self.session.delete_conversation)
+        self.exporter = ConversationExporter(self.session.history, self)
         self.exporter.exported.connect(
             lambda path: self.statusBar().showMessage(f"Exported to {path}", 8000)
         )
@@ -126,15 +149,16 @@ class MainWindow(QMainWindow):
         self.banner = Banner(self)
 
         self.chat = ChatView(self)
-        self.chat.edit_submitted.connect(self.turns.resend_edited)
-        self.chat.regenerate_requested.connect(self.turns.regenerate)
+        self.chat.edit_submitted.connect(self.session.resend_edited)
+        self.chat.regenerate_requested.connect(lambda: self.session.regenerate())
+        self.chat.continue_requested.connect(self.session.continue_reply)
         self.chat.welcome.prompt_chosen.connect(self._put_in_composer)
         self.chat.welcome.get_model_requested.connect(self.open_model_dialog)
         self.meter = ContextMeter(self)
         self.composer = Composer(self)
-        self.composer.send_requested.connect(self.turns.send)
-        self.composer.stop_requested.connect(self.turns.stop)
-        self.composer.answer_now_requested.connect(self.turns.answer_now)
+        self.composer.send_requested.connect(self.session.send)
+        self.composer.stop_requested.connect(self.session.stop)
+        self.composer.answer_now_requested.connect(self.answer_now)
 
         right = QWidget(self)
         right_layout = QVBoxLayout(right)
@@ -177,26 +201,28 @@ class MainWindow(QMainWindow):
             return item
 
         file_menu = self.menuBar().addMenu("&File")
-        action(file_menu, "&New chat", self.conversations.new, QKeySequence.StandardKey.New)
+        action(file_menu, "&New chat", self.session.new_conversation, QKeySequence.StandardKey.New)
         action(
             file_menu, "&Open or download a model…", self.open_model_dialog,
             QKeySequence.StandardKey.Open,
         )  # fmt: skip
         self.export_action = action(
-            file_menu, "&Export conversation…", lambda: self.exporter.export(self.conversation_id)
+            file_menu,
+            "&Export conversation…",
+            lambda: self.exporter.export(self.session.conversation_id),
         )
         action(file_menu, "&Settings…", self.open_settings, QKeySequence.StandardKey.Preferences)
         file_menu.addSeparator()
         action(file_menu, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         chat_menu = self.menuBar().addMenu("&Chat")
-        self.stop_action = action(chat_menu, "&Stop", self.turns.stop, "Esc")
+        self.stop_action = action(chat_menu, "&Stop", self.session.stop, "Esc")
         self.answer_now_action = action(
-            chat_menu, "&Answer now", self.turns.answer_now, "Ctrl+Shift+Return"
+            chat_menu, "&Answer now", self.answer_now, "Ctrl+Shift+Return"
         )
         self.regenerate_action = action(
-            chat_menu, "&Regenerate last answer", self.turns.regenerate, "Ctrl+R"
+            chat_menu, "&Regenerate last answer", self.session.regenerate, "Ctrl+R"
         )
-        self.consensus_action = action(chat_menu, "&Consensus ×K…", self.turns.ask_consensus)
+        self.consensus_action = action(chat_menu, "&Consensus ×K…", self.ask_consensus)
         chat_menu.addSeparator()
         action(chat_menu, "&Copy answer", self._copy_last(lambda m: m.copy_text()), "Ctrl+Shift+C")
         action(chat_menu, "Copy answer as &LaTeX", self._copy_last(lambda m: m.copy_latex()))
@@ -229,38 +255,47 @@ class MainWindow(QMainWindow):
 
     # -- state --------------------------------------------------------------------------------
 
-    def set_state(self, state: ChatState) -> None:
-        """Enter `state` and enable what it allows: composer, Chat menu, edit and regenerate."""
-        self.state = state
-        turn = self.turns.turn
+    def _show_state(self, state: SessionState) -> None:
+        """Enable what `state` allows: composer, Chat menu, edit, regenerate and continue."""
         mode = {
-            ChatState.NO_MODEL: ComposerMode.UNAVAILABLE,
-            ChatState.LOADING: ComposerMode.UNAVAILABLE,
-            ChatState.READY: ComposerMode.READY,
-            ChatState.GENERATING: ComposerMode.GENERATING,
+            SessionState.NO_MODEL: ComposerMode.UNAVAILABLE,
+            SessionState.LOADING: ComposerMode.UNAVAILABLE,
+            SessionState.READY: ComposerMode.READY,
+            # Sending reloads the model first, so the conversation goes on.
+            SessionState.ENGINE_FAILED: ComposerMode.READY,
+            SessionState.READING_PROMPT: ComposerMode.GENERATING,
+            SessionState.REASONING: ComposerMode.THINKING,
+            SessionState.ANSWERING: ComposerMode.GENERATING,
+            SessionState.STOPPING: ComposerMode.GENERATING,
         }[state]
-        if state is ChatState.GENERATING and turn is not None and turn.answer_started_at is None:
-            mode = ComposerMode.THINKING if turn.reasoning_tokens else ComposerMode.GENERATING
         self.composer.set_mode(mode)
-        idle = state is ChatState.READY
-        self.stop_action.setEnabled(state is ChatState.GENERATING)
-        self.answer_now_action.setEnabled(state is ChatState.GENERATING)
-        self.regenerate_action.setEnabled(idle and self.turns.last_user_message() is not None)
+        replying = state.replying
+        self.stop_action.setEnabled(replying)
+        self.answer_now_action.setEnabled(state is SessionState.REASONING)
+        idle = state.takes_messages
+        users = self.chat.user_messages()
+        self.regenerate_action.setEnabled(idle and bool(users))
         self.consensus_action.setEnabled(idle)
-        self.export_action.setEnabled(self.conversation_id is not None)
-        for message in self.chat.user_messages():
+        self.export_action.setEnabled(self.session.conversation_id is not None)
+        for message in users:
             message.set_editable(idle)
         for message in self.chat.assistant_messages():
             message.regenerate_button.setEnabled(idle)
+            message.continue_button.setEnabled(idle)
+        if state is SessionState.LOADING:
+            loading = self.session.loading
+            self.busy.setVisible(True)
+            if loading is not None:
+                self.statusBar().showMessage(f"Loading {loading.model_path.name}…")
+                self.model_label.setText(loading.model_path.name)
+        elif state is SessionState.STOPPING:
+            self.statusBar().showMessage("Stopping…")
 
     def show_banner(self, text: str, kind: BannerKind = BannerKind.PROBLEM) -> None:
         self.banner.show_message(text, kind)
 
     def hide_banner(self) -> None:
         self.banner.hide()
-
-    def banner_text(self) -> str:
-        return self.banner.text()
 
     # -- the model ----------------------------------------------------------------------------
 
@@ -269,30 +304,18 @@ class MainWindow(QMainWindow):
         if options is None:
             # With no model configured (the demo, or --model for one run) a settings change
             # reloads the model that is in use rather than leaving the window without one.
-            in_use = self._last_good_load.model_path if self._last_good_load else None
+            last = self.session.last_good_load
+            in_use = last.model_path if last else None
             try:
                 options = self.store.load_options(None if self.store.get("model_path") else in_use)
             except SettingsValueError as error:
                 self.show_banner(f"{error.reason} Choose a GGUF file in File › Settings.")
-                self.set_state(ChatState.NO_MODEL)
                 return
-        if self.turns.turn is not None:
-            self.client.cancel()
-        self._loading = options
-        self.busy.setVisible(True)
         self.busy.setFormat("")
-        self.statusBar().showMessage(f"Loading {options.model_path.name}…")
-        self.model_label.setText(options.model_path.name)
         self.chat.welcome.show_loading(options.model_path)
-        self.set_state(ChatState.LOADING)
-        self.client.load(options)
+        self.session.load(options)
 
     def _on_loaded(self, report: LoadReport) -> None:
-        if self._closed:
-            return
-        self.report = report
-        self._last_good_load = self._loading
-        self._loading = None
         self.busy.setVisible(False)
         self.statusBar().showMessage(f"Loaded {report.model_path.name}", 5000)
         self.model_label.setText(report.model_path.name)
@@ -304,27 +327,39 @@ class MainWindow(QMainWindow):
         self.meter.set_usage(dataclasses.replace(self.meter.usage, n_ctx=report.n_ctx))
         if report.notes:
             self.show_banner(" ".join(report.notes), BannerKind.NOTE)
-        self.set_state(ChatState.GENERATING if self.turns.turn is not None else ChatState.READY)
+        elif self.banner.buttons:
+            self.hide_banner()  # the model is back: Reload has nothing left to do
 
-    def _on_load_failed(self, message: str) -> None:
-        if self._closed:
-            return
+    def _clear_model_labels(self) -> None:
         self.busy.setVisible(False)
         self.statusBar().clearMessage()
-        self.report = None
-        failed, previous = self._loading, self._last_good_load
-        self._loading = None
         self.model_label.setText("No model")
         self.chat.welcome.show_no_model()
         self.quant_label.clear()
         self.gpu_label.clear()
+
+    def _on_load_failed(self, message: str) -> None:
+        self._clear_model_labels()
+        failed, previous = self.session.loading, self.session.last_good_load
         if previous is not None and failed is not None and failed != previous:
             self.show_banner(f"{message} Going back to {previous.model_path.name}.")
             self._revert_model_settings(previous)
             self.load_model(previous)
             return
         self.show_banner(f"{message} Choose another model or setting in File › Settings.")
-        self.set_state(ChatState.NO_MODEL)
+
+    def _on_engine_failed(self, failure: EngineFailure) -> None:
+        self._clear_model_labels()
+        actions = [("Reload", lambda: self.session.reload())]
+        if failure.fewer_gpu_layers is not None:
+            layers = failure.fewer_gpu_layers
+            actions.append(
+                (
+                    f"Reload with fewer GPU layers ({layers})",
+                    lambda: self.session.reload(fewer_gpu_layers=True),
+                )
+            )
+        self.banner.show_message(failure.message, BannerKind.PROBLEM, actions)
 
     def _revert_model_settings(self, previous: LoadOptions) -> None:
         try:
@@ -351,51 +386,151 @@ class MainWindow(QMainWindow):
             self.load_model()
 
     def n_ctx(self) -> int:
-        """The loaded model's context window, or before one loads the one the settings ask for."""
-        if self.report is not None:
-            return self.report.n_ctx
-        return int(self.store.get("n_ctx"))  # type: ignore[arg-type]
+        return self.session.n_ctx()
 
-    # -- delegates: the window's API for its conversations and its turn -------------------------
+    # -- conversations ------------------------------------------------------------------------
 
-    def refresh_conversations(self) -> None:
-        self.conversations.refresh()
+    def refresh_sidebar(self) -> None:
+        conversations = self.session.list_conversations(self.sidebar.search_text())
+        self.sidebar.set_conversations(conversations, self.session.conversation_id)
 
-    def new_conversation(self) -> None:
-        self.conversations.new()
+    def _rename(self, conversation_id: int, title: str) -> None:
+        self.session.rename_conversation(conversation_id, title)
+        if conversation_id == self.session.conversation_id:
+            self.setWindowTitle(f"{title} — Fathom Desktop")
 
-    def open_conversation(self, conversation_id: int) -> None:
-        self.conversations.open(conversation_id)
+    def _show_conversation(self, shown: ConversationShown) -> None:
+        title = f"{shown.title} — Fathom Desktop" if shown.title else "Fathom Desktop"
+        self.setWindowTitle(title)
+        self._show_messages(shown.messages)
+        if shown.conversation_id is None:
+            self.sidebar.list.clearSelection()
+            self.composer.edit.setFocus()
+        else:
+            self.refresh_sidebar()
+            item = self.sidebar.item_for(shown.conversation_id)
+            if item is not None:
+                self.sidebar.list.setCurrentItem(item)
+        self._show_state(self.session.state)
 
-    def rename_conversation(self, conversation_id: int, title: str) -> None:
-        self.conversations.rename(conversation_id, title)
+    def _show_messages(self, stored: tuple[StoredMessage, ...]) -> None:
+        """Show `stored` in the transcript, the meter at its last reply's figures."""
+        self.chat.clear()
+        usage = ContextUsage(n_ctx=self.n_ctx())
+        for message in stored:
+            if message.role == "user":
+                self.chat.add_user(message.content, message.id)
+            elif message.role == "assistant":
+                widget = self.chat.add_assistant(message.id)
+                restore_reply(widget, message)
+                stats = message.stats or {}
+                usage = ContextUsage(
+                    n_ctx=self.n_ctx(),
+                    prompt=int(stats.get("prompt_tokens", 0)),
+                    reasoning=int(stats.get("reasoning_tokens", 0)),
+                    answer=int(stats.get("answer_tokens", 0)),
+                )
+        last = stored[-1] if stored else None
+        if last is not None and last.role == "assistant":
+            self.chat.assistant_messages()[-1].set_continuable(last.status in CONTINUABLE)
+        self.meter.set_usage(usage)
 
-    def delete_conversation(self, conversation_id: int) -> None:
-        self.conversations.delete(conversation_id)
-
-    def send(self, text: str, samples: int = 1) -> bool:
-        """Add `text` as your message and start the reply; False if nothing was started."""
-        return self.turns.send(text, samples)
-
-    def stop(self) -> None:
-        self.turns.stop()
+    # -- the user's actions on a reply ----------------------------------------------------------
 
     def answer_now(self) -> None:
-        self.turns.answer_now()
+        if self.session.answer_now() and self._reply is not None and self._reply_samples == 1:
+            self._reply.reasoning.answered_early = True
 
-    def regenerate(self, samples: int = 1) -> bool:
-        return self.turns.regenerate(samples)
-
-    def resend_edited(self, message_id: int, text: str) -> bool:
-        return self.turns.resend_edited(message_id, text)
+    def ask_consensus(self) -> None:
+        samples, accepted = QInputDialog.getInt(
+            self, "Consensus", "Sample this many answers and vote on the boxed result:",
+            DEFAULT_CONSENSUS_SAMPLES, 2, 64,
+        )  # fmt: skip
+        if accepted:
+            self.consensus(samples)
 
     def consensus(self, samples: int) -> bool:
-        return self.turns.consensus(samples)
+        """Sample `samples` replies to the composer's text (or the last message) and vote."""
+        text = self.composer.text().strip()
+        if text:
+            self.composer.edit.clear()
+            return self.session.send(text, samples)
+        return self.session.regenerate(samples)
 
-    def _on_batch(self, batch: StreamBatch) -> None:
-        # The worker's batches come through here, not straight to the controller, because
-        # bench/ui_stream.py times the GUI thread's share of each batch by overriding this.
-        self.turns.on_batch(batch)
+    # -- the reply as it streams ----------------------------------------------------------------
+
+    def _on_reply_started(self, started: ReplyStarted) -> None:
+        if started.replaces is not None:
+            for earlier in self.chat.assistant_messages():
+                if earlier.message_id == started.replaces:
+                    self.chat.remove(earlier)
+        collapse = bool(self.store.get("collapse_reasoning_when_answering"))
+        widget = self.chat.add_assistant(started.message_id, collapse)
+        if started.reasoning:
+            widget.reasoning.resume(
+                started.reasoning, started.reasoning_tokens, started.reasoning_seconds
+            )
+        if started.answer:
+            widget.start_answer()
+            widget.answer.append_stream(started.answer)
+        self._reply, self._reply_samples = widget, started.samples
+        self._usage_shown_at = 0.0
+        self.meter.set_usage(ContextUsage(n_ctx=self.n_ctx()))
+        self.speed_label.clear()
+        self.statusBar().clearMessage()
+        self._show_state(self.session.state)
+
+    def _on_reply_text(self, text: ReplyText) -> None:
+        if self._reply is not None:
+            self._reply.append(text.reasoning, text.answer, text.reasoning_tokens)
+
+    def _on_reply_phase(self, phase: Phase) -> None:
+        if self._reply is None:
+            return
+        if phase is Phase.REASONING:
+            self._reply.reasoning.start_thinking()
+        elif phase is Phase.ANSWER and self._reply_samples == 1:
+            self._reply.start_answer()
+
+    def _on_context_trimmed(self, dropped: int) -> None:
+        self.chat.add_notice(
+            f"{earlier_messages_text(dropped)} left out so that this turn fits the context window."
+        )
+
+    def _show_usage(self, usage: TokenUsage) -> None:
+        now = time.monotonic()
+        streaming = self.session.turn is not None
+        if streaming and now - self._usage_shown_at < LIVE_FIGURES_INTERVAL_S:
+            return
+        self._usage_shown_at = now
+        self.meter.set_usage(
+            ContextUsage(self.n_ctx(), usage.prompt, usage.reasoning, usage.answer)
+        )
+        if usage.tokens_per_s is not None:
+            self.speed_label.setText(f"{usage.tokens_per_s:.1f} tok/s")
+
+    def _on_reply_finished(self, ended: ReplyEnded) -> None:
+        widget, self._reply = self._reply, None
+        if widget is None:
+            return
+        if ended.status is MessageStatus.ERROR:
+            stats = stats_from_record(ended.record)
+            if ended.answer:
+                widget.answer.setVisible(True)
+                widget.answer.render_source(ended.answer)
+            widget.reasoning.finish(stopped=True, tokens=stats.reasoning_tokens if stats else None)
+            widget.fail(ended.error or "")
+            widget.figures.setText(figures_text(stats, ended.status, None))
+        else:
+            stats = ended.stats
+            assert stats is not None
+            # With several samples the pane holds them all, and so does its count.
+            tokens = widget.reasoning.tokens if self._reply_samples > 1 else stats.reasoning_tokens
+            figures = figures_text(stats, None, ended.record.get("consensus"))
+            stopped = ended.status is MessageStatus.STOPPED
+            widget.finish(ended.answer, tokens, figures, stopped)
+        widget.set_continuable(ended.status in CONTINUABLE)
+        self._show_state(self.session.state)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -405,8 +540,4 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Stop any reply (saved as stopped), close the engine in its thread, join the thread."""
-        if self._closed:
-            return
-        self._closed = True
-        self.turns.close()
-        self.client.close()
+        self.session.close()

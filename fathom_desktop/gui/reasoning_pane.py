@@ -142,6 +142,13 @@ class ReasoningPane(QFrame):
             self._clock.start()
             self._refresh_header()
 
+    def resume(self, text: str, tokens: int, seconds: float) -> None:
+        """Go on from a reasoning saved earlier: its text, tokens and time thinking so far."""
+        self.start_thinking()
+        if self._started is not None:
+            self._started -= seconds
+        self.append(text, tokens)
+
     def append(self, text: str, total_tokens: int) -> None:
         self.start_thinking()
         self._parts.append(text)
@@ -159,6 +166,10 @@ class ReasoningPane(QFrame):
 
     def finish(self, stopped: bool = False, tokens: int | None = None) -> None:
         if self.state in (ReasoningState.DONE, ReasoningState.STOPPED):
+            # The pane closes when the answer starts; the engine's final count comes at the end.
+            if tokens is not None and tokens != self.tokens:
+                self.tokens = tokens
+                self._refresh_header()
             return
         if self._started is not None:
             self._elapsed = time.monotonic() - self._started

@@ -1,11 +1,8 @@
-"""A reply's figures and record: what the footer says, what the history stores, and how a
-stored reply is shown again after a restart."""
+"""A reply's figures: what the footer says, and how a stored reply is shown again after a
+restart."""
 
 from __future__ import annotations
 
-import dataclasses
-
-from fathom_desktop.engine.consensus import ConsensusResult
 from fathom_desktop.engine.types import FinishReason, GenerationStats
 from fathom_desktop.gui.chat_view import AssistantMessage
 from fathom_desktop.gui.reasoning_pane import tokens_text
@@ -27,22 +24,6 @@ _STATUS_WORDS = {
 
 def earlier_messages_text(count: int) -> str:
     return f"{count} earlier message{'' if count == 1 else 's'}"
-
-
-def stats_record(
-    stats: GenerationStats, reasoning_seconds: float | None, consensus: ConsensusResult | None
-) -> dict:
-    record = dataclasses.asdict(stats)
-    record["finish_reason"] = stats.finish_reason.value
-    if reasoning_seconds is not None:
-        record["reasoning_seconds"] = round(reasoning_seconds, 2)
-    if consensus is not None:
-        record["consensus"] = {
-            "answer": consensus.answer,
-            "votes": consensus.votes,
-            "samples": len(consensus.samples),
-        }
-    return record
 
 
 def figures_text(

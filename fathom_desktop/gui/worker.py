@@ -1,10 +1,11 @@
-"""The model's thread: one long-lived QThread that owns the engine and serves one request at a time.
+"""The engine client: one long-lived QThread that owns the engine and serves one request at a time.
 
-The GUI never calls the engine. It posts requests to `EngineWorker` through queued signals and
-gets results back through queued signals; Stop and Answer now are `threading.Event`s on the
-request's GenerationControl, which the GUI sets directly and the engine checks between tokens.
-Text is forwarded in batches (every `BATCH_INTERVAL_S`) so the GUI handles ~25 updates a second
-however fast the model runs.
+The GUI never calls the engine. `ChatSession` posts requests to `EngineWorker` through queued
+signals and gets results back through queued signals; Stop and Answer now are `threading.Event`s
+on the request's GenerationControl, which the session sets directly and the engine checks between
+tokens. Text is forwarded in batches (every `BATCH_INTERVAL_S`) so the GUI handles ~25 updates a
+second however fast the model runs. The engine itself is made in one place, `EngineWorker.load`,
+from the factory the client was given.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
 from fathom_desktop.engine.consensus import ConsensusResult
-from fathom_desktop.engine.errors import EngineError
+from fathom_desktop.engine.errors import EngineCrashedError, EngineError
 from fathom_desktop.engine.types import (
     ChatEngine,
     ChatMessage,
@@ -58,7 +58,8 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class StreamBatch:
-    """New text since the previous batch, with running token counts for the meters."""
+    """New text since the previous batch, with the sample's running token counts (the sums of
+    the engine's `TextDelta.tokens`, so they are the engine's own counts)."""
 
     request_id: int
     reasoning: str
@@ -89,8 +90,19 @@ class GenerationDone:
 class GenerationFailed:
     request_id: int
     message: str
+    # What the failed sample had written, exactly as it was streamed, and its token counts.
     reasoning: str = ""
     answer: str = ""
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    # Set when the engine's process died: the model is gone and must be loaded again.
+    crash: EngineCrashedError | None = None
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    message: str
+    crash: EngineCrashedError | None = None
 
 
 @dataclass
@@ -111,11 +123,11 @@ class _Batcher:
         if delta.kind is DeltaKind.REASONING:
             self.reasoning.append(delta.text)
             self.all_reasoning.append(delta.text)
-            self.reasoning_tokens += 1
+            self.reasoning_tokens += delta.tokens
         else:
             self.answer.append(delta.text)
             self.all_answer.append(delta.text)
-            self.answer_tokens += 1
+            self.answer_tokens += delta.tokens
 
     def due(self) -> bool:
         return time.monotonic() - self.last_flush >= BATCH_INTERVAL_S
@@ -147,7 +159,7 @@ class EngineWorker(QObject):
     """Lives in the model thread. Slots run there; signals are delivered to the GUI queued."""
 
     load_finished = Signal(object)  # LoadReport
-    load_failed = Signal(str)
+    load_failed = Signal(object)  # LoadFailed
     batch = Signal(object)  # StreamBatch
     notice = Signal(object)  # StreamNotice
     generation_done = Signal(object)  # GenerationDone
@@ -163,15 +175,19 @@ class EngineWorker(QObject):
     def load(self, options: LoadOptions) -> None:
         try:
             if self._engine is None:
+                # The one place the engine is made: in-process today, or a client of the
+                # engine's own process.
                 self._engine = self._engine_factory()
             elif self._engine.loaded is not None:
                 self._engine.close()
             report = self._engine.load(options)
+        except EngineCrashedError as error:
+            self.load_failed.emit(LoadFailed(str(error), error))
         except EngineError as error:
-            self.load_failed.emit(str(error))
+            self.load_failed.emit(LoadFailed(str(error)))
         except Exception as error:  # a crash in the binding must not take the app down
             log.exception("loading %s failed", options.model_path)
-            self.load_failed.emit(f"Could not load {options.model_path.name}: {error}")
+            self.load_failed.emit(LoadFailed(f"Could not load {options.model_path.name}: {error}"))
         else:
             self.load_finished.emit(report)
 
@@ -187,6 +203,8 @@ class EngineWorker(QObject):
             for event in self._engine.generate(request.messages, request.sampling, request.control):
                 self._forward(request.request_id, event, batcher)
                 self._save_partial(request, batcher)
+        except EngineCrashedError as error:
+            self._fail(request.request_id, str(error), batcher, error)
         except EngineError as error:
             self._fail(request.request_id, str(error), batcher)
         except Exception as error:
@@ -246,11 +264,23 @@ class EngineWorker(QObject):
         except Exception as error:  # a full disk must not end the reply; the final save retries
             log.warning("could not save the partial reply: %s", error)
 
-    def _fail(self, request_id: int, message: str, batcher: _Batcher) -> None:
+    def _fail(
+        self,
+        request_id: int,
+        message: str,
+        batcher: _Batcher,
+        crash: EngineCrashedError | None = None,
+    ) -> None:
         self._flush(batcher)
         self.generation_failed.emit(
             GenerationFailed(
-                request_id, message, "".join(batcher.all_reasoning), "".join(batcher.all_answer)
+                request_id,
+                message,
+                "".join(batcher.all_reasoning),
+                "".join(batcher.all_answer),
+                batcher.reasoning_tokens,
+                batcher.answer_tokens,
+                crash,
             )
         )
 
@@ -265,15 +295,12 @@ class EngineWorker(QObject):
         QThread.currentThread().quit()
 
 
-class WorkerState(StrEnum):
-    IDLE = "idle"
-    LOADING = "loading"
-    GENERATING = "generating"
-    CLOSED = "closed"
-
-
 class EngineClient(QObject):
-    """The GUI's handle on the model thread: starts it, posts requests, and shuts it down."""
+    """The session's handle on the model thread: starts it, posts requests, and shuts it down.
+
+    It keeps no state of the conversation: `ChatSession` decides what may run when. `current` is
+    the generation in flight (its control is how Stop and Answer now reach the engine).
+    """
 
     # Requests to the worker. Queued: the slot must run in the model thread, not the caller's.
     _request_load = Signal(object)
@@ -283,7 +310,7 @@ class EngineClient(QObject):
     def __init__(self, engine_factory: EngineFactory, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._ids = itertools.count(1)
-        self.state = WorkerState.IDLE
+        self.closed = False
         self.current: GenerationRequest | None = None
         self.thread = QThread()
         self.thread.setObjectName("fathom-model")
@@ -293,18 +320,15 @@ class EngineClient(QObject):
         self._request_load.connect(self.worker.load, queued)
         self._request_generation.connect(self.worker.generate, queued)
         self._request_shutdown.connect(self.worker.shutdown, queued)
-        # Back to the GUI thread (queued) so that handlers may touch widgets.
-        self.worker.load_finished.connect(self._on_load_done, queued)
-        self.worker.load_failed.connect(self._on_load_done, queued)
+        # Back to the GUI thread (queued), before the session hears of the same result.
         self.worker.generation_done.connect(self._on_generation_done, queued)
         self.worker.generation_failed.connect(self._on_generation_done, queued)
         self.thread.start()
 
     def load(self, options: LoadOptions) -> None:
-        if self.state is WorkerState.CLOSED:
+        if self.closed:
             return
         self.cancel()
-        self.state = WorkerState.LOADING
         self._request_load.emit(options)
 
     def generate(
@@ -314,13 +338,14 @@ class EngineClient(QObject):
         samples: int = 1,
         save_partial: Callable[[str, str], None] | None = None,
     ) -> GenerationRequest:
-        if self.state is not WorkerState.IDLE:
-            raise RuntimeError(f"cannot start a generation while {self.state.value}")
+        if self.closed:
+            raise RuntimeError("the engine client is closed")
+        if self.current is not None:
+            raise RuntimeError("a generation is already running")
         request = GenerationRequest(
             next(self._ids), messages, sampling, GenerationControl(), samples, save_partial
         )
         self.current = request
-        self.state = WorkerState.GENERATING
         self._request_generation.emit(request)
         return request
 
@@ -332,22 +357,16 @@ class EngineClient(QObject):
         if self.current is not None:
             self.current.control.answer_now.set()
 
-    def _on_load_done(self, _result: object) -> None:
-        if self.state is WorkerState.LOADING:
-            self.state = WorkerState.IDLE
-
     def _on_generation_done(self, result: GenerationDone | GenerationFailed) -> None:
         if self.current is not None and result.request_id == self.current.request_id:
             self.current = None
-            if self.state is WorkerState.GENERATING:
-                self.state = WorkerState.IDLE
 
     def close(self, timeout_ms: int = 30_000) -> bool:
         """Stop any generation, close the engine in its thread and join the thread."""
-        if self.state is WorkerState.CLOSED:
+        if self.closed:
             return True
         self.cancel()
-        self.state = WorkerState.CLOSED
+        self.closed = True
         self._request_shutdown.emit()
         finished = self.thread.wait(timeout_ms)
         if not finished:

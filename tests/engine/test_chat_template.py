@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fathom_desktop.engine.chat_template import ChatTemplate, with_eval_instruction
+from fathom_desktop.engine.chat_template import ChatTemplate
 from fathom_desktop.engine.errors import EngineError, ModelFileError
+from fathom_desktop.engine.prompt import with_eval_instruction
 from fathom_desktop.engine.reasoning import prompt_opens_reasoning
 from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, ChatMessage
 

@@ -42,8 +42,9 @@ def fake_gguf(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_window(qtbot, tmp_path: Path, fake_gguf: Path) -> Iterator[Callable[..., object]]:
     """make_window(engine=None, settings=None, history_path=None, load=True) -> MainWindow."""
-    from fathom_desktop.gui.fake_engine import FakeEngine
-    from fathom_desktop.gui.main_window import ChatState, MainWindow
+    from fathom_desktop.engine.scripted import FakeEngine
+    from fathom_desktop.gui.main_window import MainWindow
+    from fathom_desktop.gui.session_types import SessionState
     from fathom_desktop.history import History
     from fathom_desktop.settings import SettingsStore
 
@@ -67,7 +68,7 @@ def make_window(qtbot, tmp_path: Path, fake_gguf: Path) -> Iterator[Callable[...
         made.append((window, history))
         if load:
             window.load_model()
-            qtbot.waitUntil(lambda: window.state is ChatState.READY, timeout=WAIT_MS)
+            qtbot.waitUntil(lambda: window.session.state is SessionState.READY, timeout=WAIT_MS)
         return window
 
     yield make
@@ -77,9 +78,9 @@ def make_window(qtbot, tmp_path: Path, fake_gguf: Path) -> Iterator[Callable[...
 
 
 def wait_idle(qtbot, window) -> None:
-    from fathom_desktop.gui.main_window import ChatState
+    from fathom_desktop.gui.session_types import SessionState
 
-    qtbot.waitUntil(lambda: window.state is ChatState.READY, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.session.state is SessionState.READY, timeout=WAIT_MS)
 
 
 def screenshot(widget, artifacts: Path, name: str) -> Path:

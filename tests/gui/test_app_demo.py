@@ -19,7 +19,7 @@ from convert.errors import ConversionError
 from fathom_desktop import demo
 from fathom_desktop.app import DemoStart, start_model
 from fathom_desktop.gui.banner import BannerKind
-from fathom_desktop.gui.main_window import ChatState
+from fathom_desktop.gui.session_types import SessionState
 from fathom_desktop.history import MessageStatus
 from tests.gui.conftest import WAIT_MS, wait_idle
 
@@ -84,24 +84,24 @@ def test_no_model_configured_loads_the_demo_model(start, real_window, qtbot, sta
     qtbot.waitUntil(lambda: "100%" in window.model_label.text(), timeout=WAIT_MS)
     assert window.model_label.text().startswith("Preparing the demo model…")
     assert window.busy.isVisible()
-    assert window.state is ChatState.NO_MODEL  # nothing to send to yet
+    assert window.session.state is SessionState.NO_MODEL  # nothing to send to yet
     assert stand_in.threads and stand_in.threads[0] is not threading.main_thread()
 
     stand_in.release.set()
-    qtbot.waitUntil(lambda: window.state is not ChatState.NO_MODEL, timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: window.state is not ChatState.LOADING, timeout=LOAD_MS)
-    assert window.state is ChatState.READY, window.banner_text()
-    assert window.report.model_path == stand_in.gguf
+    qtbot.waitUntil(lambda: window.session.state is not SessionState.NO_MODEL, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.session.state is not SessionState.LOADING, timeout=LOAD_MS)
+    assert window.session.state is SessionState.READY, window.banner.text()
+    assert window.session.report.model_path == stand_in.gguf
     assert not window.busy.isVisible()
     # The default 16k context is more than the demo was trained for: capped, and the user told.
-    assert window.report.n_ctx == 4096
-    assert "Context capped at 4,096 tokens" in window.banner_text()
+    assert window.session.report.n_ctx == 4096
+    assert "Context capped at 4,096 tokens" in window.banner.text()
     assert window.banner.kind is BannerKind.NOTE  # an adjustment, not a failure
     assert window.meter.usage.n_ctx == 4096
 
-    window.send("Hello")
+    window.session.send("Hello")
     wait_idle(qtbot, window)
-    (_, reply) = window.history.messages(window.conversation_id)
+    (_, reply) = window.session.history.messages(window.session.conversation_id)
     assert reply.status is MessageStatus.COMPLETE and reply.stats["prompt_tokens"] > 0
 
     # The demo is not made the user's own choice: nothing saved, model_path still unset.
@@ -117,7 +117,7 @@ def test_a_model_of_your_own_is_used_instead_of_the_demo(start, make_window, qtb
     window = make_window(load=False)  # settings name the fake GGUF
     assert start(window) is None
     wait_idle(qtbot, window)
-    assert window.report.model_path.name == "fathom-r1-14b.Q4_K_M.gguf"
+    assert window.session.report.model_path.name == "fathom-r1-14b.Q4_K_M.gguf"
 
 
 def test_a_model_chosen_while_the_demo_is_made_is_kept(
@@ -131,8 +131,8 @@ def test_a_model_chosen_while_the_demo_is_made_is_kept(
     stand_in.release.set()
     qtbot.waitUntil(lambda: not started.running(), timeout=WAIT_MS)
     qtbot.wait(100)  # let a wrongly queued demo load show itself
-    assert window.state is ChatState.READY
-    assert window.report.model_path == fake_gguf
+    assert window.session.state is SessionState.READY
+    assert window.session.report.model_path == fake_gguf
 
 
 def test_without_demo_resources_the_first_run_dialog_says_why(
@@ -145,17 +145,17 @@ def test_without_demo_resources_the_first_run_dialog_says_why(
     qtbot.waitUntil(lambda: started.dialog is not None, timeout=WAIT_MS)
 
     assert started.dialog.isVisible()
-    banner = window.banner_text()
+    banner = window.banner.text()
     assert banner.startswith("The demo model is unavailable: The demo model is incomplete in ")
     assert "model.safetensors" in banner and "\n" not in banner
-    assert window.state is ChatState.NO_MODEL
+    assert window.session.state is SessionState.NO_MODEL
     assert not window.busy.isVisible()
     assert window.model_label.text() == "No model"
 
     started.dialog.reject()
-    assert "The demo model is unavailable" in window.banner_text()
-    assert "Choose a GGUF file in File › Settings" in window.banner_text()
-    assert window.state is ChatState.NO_MODEL
+    assert "The demo model is unavailable" in window.banner.text()
+    assert "Choose a GGUF file in File › Settings" in window.banner.text()
+    assert window.session.state is SessionState.NO_MODEL
 
 
 def test_a_failing_demo_conversion_falls_back_to_choosing_a_model(
@@ -168,12 +168,12 @@ def test_a_failing_demo_conversion_falls_back_to_choosing_a_model(
     window = make_window(settings={"model_path": None}, load=False)
     started = start(window)
     qtbot.waitUntil(lambda: started.dialog is not None, timeout=WAIT_MS)
-    assert "Not enough free space" in window.banner_text()
+    assert "Not enough free space" in window.banner.text()
 
     started.dialog.chosen_path = fake_gguf
     started.dialog.accept()
     wait_idle(qtbot, window)
-    assert window.report.model_path == fake_gguf
+    assert window.session.report.model_path == fake_gguf
     assert window.store.get("model_path") == str(fake_gguf)  # a choice of yours is remembered
 
 
@@ -196,7 +196,7 @@ def test_closing_while_the_demo_is_made_stops_it(start, make_window, qtbot, monk
     done = len(steps)
     qtbot.wait(100)
     assert len(steps) == done  # the conversion thread really stopped
-    assert started.dialog is None and window.report is None
+    assert started.dialog is None and window.session.report is None
 
 
 def test_without_a_usable_llama_cpp_the_window_says_why_and_offers_no_conversion(
@@ -219,11 +219,11 @@ def test_without_a_usable_llama_cpp_the_window_says_why_and_offers_no_conversion
     window = make_window(settings={"model_path": None}, load=False)
     started = start(window)
     qtbot.waitUntil(lambda: not started.running(), timeout=WAIT_MS)
-    qtbot.waitUntil(lambda: window.banner_text() != "", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: window.banner.text() != "", timeout=WAIT_MS)
 
-    assert window.banner_text().startswith(NO_DRIVER)
+    assert window.banner.text().startswith(NO_DRIVER)
     assert window.banner.kind is BannerKind.PROBLEM
     assert window.model_label.text() == "llama.cpp unavailable"
     assert not window.busy.isVisible()
     assert started.dialog is None
-    assert window.state is ChatState.NO_MODEL
+    assert window.session.state is SessionState.NO_MODEL

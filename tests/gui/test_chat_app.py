@@ -12,7 +12,7 @@ from PySide6.QtCore import qVersion
 from convert.errors import ConversionError
 from fathom_desktop import __version__, demo
 from fathom_desktop.app import start_model
-from fathom_desktop.gui.main_window import ChatState
+from fathom_desktop.gui.session_types import SessionState
 from fathom_desktop.history import MessageStatus
 from tests.conftest import PROJECT_ROOT
 from tests.gui.conftest import WAIT_MS, wait_idle
@@ -66,21 +66,21 @@ def test_no_model_configured_opens_the_first_run_dialog_then_loads_its_choice(
     window = make_window(settings={"model_path": None}, load=False)
     dialog = _first_run_dialog(start_model(window, window.store, None), qtbot)
     assert dialog.isVisible()
-    assert window.state is ChatState.NO_MODEL
+    assert window.session.state is SessionState.NO_MODEL
 
     dialog.chosen_path = fake_gguf  # what its "Open a GGUF file" page does on success
     dialog.accept()
     wait_idle(qtbot, window)
     assert window.store.get("model_path") == str(fake_gguf)
-    assert window.report is not None and window.report.model_path == fake_gguf
+    assert window.session.report is not None and window.session.report.model_path == fake_gguf
 
 
 def test_giving_up_on_the_first_run_leaves_a_usable_window(make_window, qtbot, no_demo):
     window = make_window(settings={"model_path": None}, load=False)
     dialog = _first_run_dialog(start_model(window, window.store, None), qtbot)
     dialog.reject()
-    assert "Choose a GGUF file in File › Settings" in window.banner_text()
-    assert window.state is ChatState.NO_MODEL
+    assert "Choose a GGUF file in File › Settings" in window.banner.text()
+    assert window.session.state is SessionState.NO_MODEL
 
 
 def test_the_fake_engine_flag_loads_the_demo_model(make_window, qtbot):
@@ -99,13 +99,13 @@ def test_real_engine_streams_a_reply_from_a_tiny_model(make_window, qtbot, tiny_
         load=False,
     )
     window.load_model()
-    qtbot.waitUntil(lambda: window.state is ChatState.READY, timeout=60_000)
+    qtbot.waitUntil(lambda: window.session.state is SessionState.READY, timeout=60_000)
     assert window.gpu_label.text()  # "CPU only" here, or GPU layers on a GPU build
-    window.send("Hello")
+    window.session.send("Hello")
     wait_idle(qtbot, window)
 
     reply = window.chat.assistant_messages()[-1]
-    (_, stored) = window.history.messages(window.conversation_id)
+    (_, stored) = window.session.history.messages(window.session.conversation_id)
     assert stored.status is MessageStatus.COMPLETE
     assert stored.stats["reasoning_tokens"] + stored.stats["answer_tokens"] > 0
     assert stored.stats["finish_reason"] in ("length", "stop")
@@ -124,14 +124,14 @@ def test_real_engine_stop_ends_the_stream(make_window, qtbot, tiny_gguf_f32):
         load=False,
     )
     window.load_model()
-    qtbot.waitUntil(lambda: window.state is not ChatState.LOADING, timeout=60_000)
-    assert window.state is ChatState.READY, window.banner_text()
-    window.send("Go on and on")
+    qtbot.waitUntil(lambda: window.session.state is not SessionState.LOADING, timeout=60_000)
+    assert window.session.state is SessionState.READY, window.banner.text()
+    window.session.send("Go on and on")
     reply = window.chat.assistant_messages()[-1]
-    qtbot.waitUntil(lambda: reply.reasoning.tokens + len(reply.answer.source) > 0, timeout=WAIT_MS)
-    window.stop()
+    qtbot.waitUntil(lambda: bool(reply.reasoning.text() + reply.answer.source), timeout=WAIT_MS)
+    window.session.stop()
     wait_idle(qtbot, window)
-    (_, stored) = window.history.messages(window.conversation_id)
+    (_, stored) = window.session.history.messages(window.session.conversation_id)
     assert stored.status is MessageStatus.STOPPED
     assert stored.stats["finish_reason"] == "cancelled"
     assert stored.stats["reasoning_tokens"] + stored.stats["answer_tokens"] < 4000

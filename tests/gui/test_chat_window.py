@@ -8,12 +8,12 @@ from pathlib import Path
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
+from fathom_desktop.engine.scripted import FakeEngine, FakeScript
 from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, FinishReason
 from fathom_desktop.gui.composer import ComposerMode
 from fathom_desktop.gui.context_meter import MeterLevel
-from fathom_desktop.gui.fake_engine import FakeEngine, FakeScript
-from fathom_desktop.gui.main_window import ChatState
 from fathom_desktop.gui.reasoning_pane import ReasoningState
+from fathom_desktop.gui.session_types import SessionState
 from fathom_desktop.history import History, MessageStatus
 from tests.gui.conftest import WAIT_MS, screenshot, wait_idle, write_fake_gguf
 
@@ -29,7 +29,7 @@ def _slow(tokens_per_s: float = 150.0, **script: str) -> FakeEngine:
 
 
 def _stored(window) -> list:
-    return window.history.messages(window.conversation_id)
+    return window.session.history.messages(window.session.conversation_id)
 
 
 def test_send_streams_reasoning_then_renders_the_answer(make_window, qtbot, artifacts):
@@ -83,7 +83,7 @@ def test_shift_enter_makes_a_new_line_and_sends_nothing(make_window, qtbot):
 
 def test_reasoning_pane_collapses_when_the_answer_starts_and_toggles(make_window, qtbot, artifacts):
     window = make_window()
-    window.send("What is 2 + 2?")
+    window.session.send("What is 2 + 2?")
     wait_idle(qtbot, window)
     pane = window.chat.assistant_messages()[-1].reasoning
     assert not pane.is_expanded() and not pane.body.isVisible()
@@ -104,14 +104,14 @@ def test_reasoning_pane_collapses_when_the_answer_starts_and_toggles(make_window
 
 def test_reasoning_stays_open_when_the_setting_says_so(make_window, qtbot):
     window = make_window(settings={"collapse_reasoning_when_answering": False})
-    window.send("What is 2 + 2?")
+    window.session.send("What is 2 + 2?")
     wait_idle(qtbot, window)
     assert window.chat.assistant_messages()[-1].reasoning.is_expanded()
 
 
 def test_stop_mid_reasoning_keeps_the_partial_reasoning(make_window, qtbot, artifacts):
     window = make_window(_slow())
-    window.send("Think for a long time.")
+    window.session.send("Think for a long time.")
     reply = window.chat.assistant_messages()[-1]
     qtbot.waitUntil(lambda: reply.reasoning.tokens > 20, timeout=WAIT_MS)
     qtbot.mouseClick(window.composer.stop_button, Qt.MouseButton.LeftButton)
@@ -132,7 +132,7 @@ def test_stop_mid_reasoning_keeps_the_partial_reasoning(make_window, qtbot, arti
 
 def test_answer_now_ends_the_reasoning_and_gets_an_answer(make_window, qtbot):
     window = make_window(_slow())
-    window.send("Answer quickly.")
+    window.session.send("Answer quickly.")
     reply = window.chat.assistant_messages()[-1]
     qtbot.waitUntil(lambda: reply.reasoning.tokens > 20, timeout=WAIT_MS)
     assert window.composer.answer_now_button.isEnabled()
@@ -149,7 +149,7 @@ def test_answer_now_ends_the_reasoning_and_gets_an_answer(make_window, qtbot):
 
 def test_regenerate_replaces_the_last_answer(make_window, qtbot):
     window = make_window()
-    window.send("Pick a number.")
+    window.session.send("Pick a number.")
     wait_idle(qtbot, window)
     first_reply = _stored(window)[-1]
     qtbot.mouseClick(
@@ -168,9 +168,9 @@ def test_regenerate_replaces_the_last_answer(make_window, qtbot):
 
 def test_edit_and_resend_drops_what_followed(make_window, qtbot):
     window = make_window()
-    window.send("First question")
+    window.session.send("First question")
     wait_idle(qtbot, window)
-    window.send("Second question")
+    window.session.send("Second question")
     wait_idle(qtbot, window)
 
     first = window.chat.user_messages()[0]
@@ -191,9 +191,9 @@ def test_edit_and_resend_drops_what_followed(make_window, qtbot):
 
 def test_earlier_turns_are_sent_without_their_reasoning(make_window, qtbot):
     window = make_window()
-    window.send("One")
+    window.session.send("One")
     wait_idle(qtbot, window)
-    window.send("Two")
+    window.session.send("Two")
     wait_idle(qtbot, window)
     request = window.engine.requests[-1]
     assert [m.role for m in request] == ["user", "assistant", "user"]
@@ -203,28 +203,28 @@ def test_earlier_turns_are_sent_without_their_reasoning(make_window, qtbot):
 
 def test_switching_quantization_reloads_and_keeps_the_conversation(make_window, qtbot, tmp_path):
     window = make_window()
-    window.send("Before the switch")
+    window.session.send("Before the switch")
     wait_idle(qtbot, window)
     assert window.quant_label.text() == "Q4_K_M"
 
     q8 = write_fake_gguf(tmp_path / "models" / "fathom-r1-14b.Q8_0.gguf")
     window.store.set("model_path", str(q8))
     window.apply_settings(["model_path"])
-    assert window.state is ChatState.LOADING
+    assert window.session.state is SessionState.LOADING
     assert not window.composer.send_button.isEnabled()
     wait_idle(qtbot, window)
 
     assert [o.model_path for o in window.engine.load_calls][-1] == q8
     assert window.quant_label.text() == "Q8_0"
     assert [m.text for m in window.chat.user_messages()] == ["Before the switch"]
-    window.send("After the switch")
+    window.session.send("After the switch")
     wait_idle(qtbot, window)
     assert [m.role for m in window.engine.requests[-1]][-3:] == ["user", "assistant", "user"]
 
 
 def test_switching_while_generating_stops_the_reply_then_reloads(make_window, qtbot, tmp_path):
     window = make_window(_slow())
-    window.send("Long one")
+    window.session.send("Long one")
     reply = window.chat.assistant_messages()[-1]
     qtbot.waitUntil(lambda: reply.reasoning.tokens > 5, timeout=WAIT_MS)
     q8 = write_fake_gguf(tmp_path / "models" / "fathom-r1-14b.Q8_0.gguf")
@@ -243,17 +243,18 @@ def test_a_bad_model_file_gives_a_message_and_the_app_keeps_running(
     window = make_window(settings={"model_path": str(bad)}, load=False)
     window.load_model()
     qtbot.waitUntil(
-        lambda: window.state is ChatState.NO_MODEL and bool(window.banner_text()), timeout=WAIT_MS
+        lambda: window.session.state is SessionState.NO_MODEL and bool(window.banner.text()),
+        timeout=WAIT_MS,
     )
-    assert "notes.gguf is not a GGUF model file." in window.banner_text()
-    assert "Traceback" not in window.banner_text()
+    assert "notes.gguf is not a GGUF model file." in window.banner.text()
+    assert "Traceback" not in window.banner.text()
     assert not window.composer.send_button.isEnabled()
     screenshot(window, artifacts, "06-bad-model-file")
 
     window.store.set("model_path", str(fake_gguf))
     window.apply_settings(["model_path"])
     wait_idle(qtbot, window)
-    assert window.send("Works now?")
+    assert window.session.send("Works now?")
     wait_idle(qtbot, window)
 
 
@@ -265,16 +266,16 @@ def test_a_bad_replacement_model_falls_back_to_the_previous_one(
     window.store.set("model_path", str(missing))
     window.apply_settings(["model_path"])
     wait_idle(qtbot, window)
-    assert "does not exist" in window.banner_text()
-    assert f"Going back to {fake_gguf.name}" in window.banner_text()
+    assert "does not exist" in window.banner.text()
+    assert f"Going back to {fake_gguf.name}" in window.banner.text()
     assert window.store.get("model_path") == str(fake_gguf)
-    assert window.report is not None and window.report.model_path == fake_gguf
+    assert window.session.report is not None and window.session.report.model_path == fake_gguf
 
 
 def test_history_survives_a_restart(make_window, qtbot, tmp_path, artifacts):
     path = tmp_path / "kept.sqlite3"
     first = make_window(history_path=path)
-    first.send("Remember me")
+    first.session.send("Remember me")
     wait_idle(qtbot, first)
     first.close()
 
@@ -295,7 +296,7 @@ def test_history_survives_a_restart(make_window, qtbot, tmp_path, artifacts):
 def test_partial_reply_is_saved_while_streaming(make_window, qtbot, tmp_path):
     path = tmp_path / "live.sqlite3"
     window = make_window(_slow(tokens_per_s=100.0), history_path=path)
-    window.send("Keep writing")
+    window.session.send("Keep writing")
     reply_id = window.chat.assistant_messages()[-1].message_id
     # Read the file as a crash would leave it (a History would mark the reply interrupted).
     reader = sqlite3.connect(path)
@@ -308,18 +309,18 @@ def test_partial_reply_is_saved_while_streaming(make_window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: len(saved()[0] or "") > 40, timeout=WAIT_MS)
     assert saved()[1] == MessageStatus.STREAMING.value
     reader.close()
-    window.stop()
+    window.session.stop()
     wait_idle(qtbot, window)
 
 
 def test_closing_while_generating_records_a_stopped_reply(make_window, qtbot, tmp_path):
     path = tmp_path / "closing.sqlite3"
     window = make_window(_slow(), history_path=path)
-    window.send("Going away")
+    window.session.send("Going away")
     reply = window.chat.assistant_messages()[-1]
     qtbot.waitUntil(lambda: reply.reasoning.tokens > 5, timeout=WAIT_MS)
     window.close()
-    assert window.client.thread.isFinished()
+    assert window.session.client.thread.isFinished()
     with History(path) as reader:
         (conversation,) = reader.list_conversations()
         assistant = reader.messages(conversation.id)[-1]
@@ -335,7 +336,7 @@ def test_model_output_is_never_html(make_window, qtbot, artifacts):
     window = make_window(
         FakeEngine(FakeScript(reasoning=hostile + "\n", answer=hostile), tokens_per_s=None)
     )
-    window.send("<i>not italic</i>")
+    window.session.send("<i>not italic</i>")
     wait_idle(qtbot, window)
     reply = window.chat.assistant_messages()[-1]
     shown = reply.answer.toPlainText()
@@ -354,7 +355,7 @@ def test_prices_stay_text_and_math_becomes_images(make_window, qtbot):
         "It costs $5 and $10 in total.\n\nThe ratio is \\(\\frac{1}{2}\\), so \\boxed{\\sqrt{2}}."
     )
     window = make_window(FakeEngine(FakeScript(reasoning="ok\n", answer=answer), tokens_per_s=None))
-    window.send("Prices?")
+    window.session.send("Prices?")
     wait_idle(qtbot, window)
     shown = window.chat.assistant_messages()[-1].answer.toPlainText()
     assert "It costs $5 and $10 in total." in shown
@@ -366,7 +367,7 @@ def test_copy_answer_as_text_and_as_latex(make_window, qtbot):
     window = make_window(
         FakeEngine(FakeScript(reasoning="r\n", answer="So **x** is $x^2$."), tokens_per_s=None)
     )
-    window.send("Copy me")
+    window.session.send("Copy me")
     wait_idle(qtbot, window)
     reply = window.chat.assistant_messages()[-1]
     qtbot.mouseClick(reply.copy_button, Qt.MouseButton.LeftButton)
@@ -377,9 +378,9 @@ def test_copy_answer_as_text_and_as_latex(make_window, qtbot):
 
 def test_context_meter_warns_before_the_budget_runs_out(make_window, qtbot, artifacts):
     window = make_window(_slow(tokens_per_s=250.0), settings={"n_ctx": 1024})
-    window.send("Fill it up")
+    window.session.send("Fill it up")
     qtbot.waitUntil(lambda: window.meter.usage.level is MeterLevel.WARNING, timeout=WAIT_MS)
-    assert window.state is ChatState.GENERATING  # the warning comes while there is room left
+    assert window.session.state.replying  # the warning comes while there is room left
     assert "⚠ only " in window.meter.label.text()
     wait_idle(qtbot, window)
     usage = window.meter.usage
@@ -393,26 +394,26 @@ def test_context_meter_warns_before_the_budget_runs_out(make_window, qtbot, arti
 
 def test_sidebar_new_rename_search_delete(make_window, qtbot):
     window = make_window()
-    window.send("About primes")
+    window.session.send("About primes")
     wait_idle(qtbot, window)
-    window.new_conversation()
+    window.session.new_conversation()
     assert window.chat.items() == []
-    window.send("About triangles")
+    window.session.send("About triangles")
     wait_idle(qtbot, window)
     assert window.sidebar.titles() == ["About triangles", "About primes"]
 
     primes = window.sidebar.ids()[1]
     window.sidebar.item_for(primes).setText("Prime numbers")  # an in-place rename
-    assert window.history.conversation(primes).title == "Prime numbers"
+    assert window.session.history.conversation(primes).title == "Prime numbers"
 
     window.sidebar.search.setText("triangles")
     qtbot.waitUntil(lambda: window.sidebar.titles() == ["About triangles"], timeout=WAIT_MS)
     window.sidebar.search.clear()
     qtbot.waitUntil(lambda: len(window.sidebar.titles()) == 2, timeout=WAIT_MS)
 
-    window.open_conversation(primes)
+    window.session.open_conversation(primes)
     assert [m.text for m in window.chat.user_messages()] == ["About primes"]
-    window.delete_conversation(primes)
+    window.session.delete_conversation(primes)
     assert window.sidebar.titles() == ["About triangles"]
     assert window.chat.items() == []
 
@@ -424,6 +425,12 @@ def test_consensus_votes_on_boxed_answers(make_window, qtbot):
     wait_idle(qtbot, window)
     reply = window.chat.assistant_messages()[-1]
     assert "Consensus ×3: 2500 (2500: 3)" in reply.figures.text()
+    # The pane shows every sample, and counts every sample's tokens.
+    script = window.engine.script
+    per_sample = window.engine.count_tokens(script.reasoning) + window.engine.count_tokens(
+        script.answer
+    )
+    assert reply.reasoning.header_text().endswith(f" · {3 * per_sample:,} tokens")
     assert reply.answer.source == window.engine.script.answer
     assert len(window.engine.requests) == 3
     assert _stored(window)[-1].stats["consensus"]["votes"] == {"2500": 3}
@@ -431,10 +438,10 @@ def test_consensus_votes_on_boxed_answers(make_window, qtbot):
 
 def test_sending_is_refused_while_a_reply_runs(make_window, qtbot):
     window = make_window(_slow())
-    assert window.send("one")
-    assert not window.send("two")
+    assert window.session.send("one")
+    assert not window.session.send("two")
     assert window.composer.stop_button.isVisible()
-    window.stop()
+    window.session.stop()
     wait_idle(qtbot, window)
     assert [m.text for m in window.chat.user_messages()] == ["one"]
 
@@ -447,7 +454,7 @@ def test_interrupted_reply_is_shown_as_interrupted(make_window, qtbot, tmp_path)
         reply = history.begin_assistant_message(conversation, "m.gguf", "Q4_K_M", None)
         history.save_partial(reply, "half a thought", "")
     window = make_window(history_path=path)
-    assert "had not finished" in window.banner_text()
+    assert "had not finished" in window.banner.text()
     shown = window.chat.assistant_messages()[-1]
     assert "interrupted" in shown.figures.text()
     assert shown.reasoning.text() == "half a thought"
@@ -456,15 +463,15 @@ def test_interrupted_reply_is_shown_as_interrupted(make_window, qtbot, tmp_path)
 def test_the_window_starts_without_a_model(make_window, qtbot, tmp_path: Path):
     window = make_window(settings={"model_path": None}, load=False)
     window.load_model()
-    assert window.state is ChatState.NO_MODEL
-    assert "Choose a GGUF file in File › Settings" in window.banner_text()
+    assert window.session.state is SessionState.NO_MODEL
+    assert "Choose a GGUF file in File › Settings" in window.banner.text()
 
 
 def test_settings_dialog_changes_reload_the_model_and_keep_the_chat(make_window, qtbot):
     from fathom_desktop.gui.settings_dialog import SettingsDialog
 
     window = make_window()
-    window.send("Keep me")
+    window.session.send("Keep me")
     wait_idle(qtbot, window)
     window.open_settings()
     dialog = window.findChild(SettingsDialog)
@@ -501,7 +508,7 @@ def test_the_view_follows_the_tail_only_while_you_are_at_the_bottom(qtbot):
 
 def test_chat_menu_regenerates(make_window, qtbot):
     window = make_window()
-    window.send("Menu test")
+    window.session.send("Menu test")
     wait_idle(qtbot, window)
     window.regenerate_action.trigger()
     wait_idle(qtbot, window)
@@ -522,5 +529,5 @@ def test_a_settings_change_reloads_the_model_in_use_when_none_is_configured(
     window.store.set("n_ctx", 8192)
     window.apply_settings(["n_ctx"])
     wait_idle(qtbot, window)
-    assert window.state is ChatState.READY
+    assert window.session.state is SessionState.READY
     assert [(o.model_path, o.n_ctx) for o in window.engine.load_calls][-1] == (fake_gguf, 8192)

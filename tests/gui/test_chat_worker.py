@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from fathom_desktop.engine.scripted import DEMO_MODEL_PATH, FakeEngine, FakeScript, split_tokens
 from fathom_desktop.engine.types import (
     DeltaKind,
     LoadOptions,
@@ -14,8 +15,7 @@ from fathom_desktop.engine.types import (
     SamplingParams,
     TextDelta,
 )
-from fathom_desktop.gui.fake_engine import DEMO_MODEL_PATH, FakeEngine, FakeScript
-from fathom_desktop.gui.worker import EngineClient, WorkerState
+from fathom_desktop.gui.worker import EngineClient
 from tests.gui.conftest import WAIT_MS
 
 REASONING = "".join(f"line {i} of the reasoning\n" for i in range(400))
@@ -49,8 +49,17 @@ def _record(client: EngineClient) -> list[object]:
 
 
 def _load(qtbot, client: EngineClient, path=DEMO_MODEL_PATH) -> None:
+    ended: list[object] = []
+    client.worker.load_finished.connect(ended.append)
+    client.worker.load_failed.connect(ended.append)
     client.load(LoadOptions(model_path=path))
-    qtbot.waitUntil(lambda: client.state is WorkerState.IDLE, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: bool(ended), timeout=WAIT_MS)
+    client.worker.load_finished.disconnect(ended.append)
+    client.worker.load_failed.disconnect(ended.append)
+
+
+def _idle(qtbot, client: EngineClient) -> None:
+    qtbot.waitUntil(lambda: client.current is None, timeout=WAIT_MS)
 
 
 def test_deltas_arrive_batched_complete_and_in_order(qtbot, client):
@@ -59,7 +68,7 @@ def test_deltas_arrive_batched_complete_and_in_order(qtbot, client):
     events = _record(worker_client)
     _load(qtbot, worker_client)
     worker_client.generate([], SamplingParams())
-    qtbot.waitUntil(lambda: worker_client.state is WorkerState.IDLE, timeout=WAIT_MS)
+    _idle(qtbot, worker_client)
 
     batches = [e for e in events if type(e).__name__ == "StreamBatch"]
     tokens = engine.count_tokens(REASONING)
@@ -85,7 +94,8 @@ def test_a_load_failure_is_one_line_and_the_thread_lives_on(qtbot, client, tmp_p
     worker_client = client(engine)
     events = _record(worker_client)
     _load(qtbot, worker_client, bad)
-    assert events == ["bad.gguf is not a GGUF model file."]
+    assert [e.message for e in events] == ["bad.gguf is not a GGUF model file."]
+    assert events[0].crash is None
     _load(qtbot, worker_client)
     assert type(events[-1]).__name__ == "LoadReport"
 
@@ -93,7 +103,7 @@ def test_a_load_failure_is_one_line_and_the_thread_lives_on(qtbot, client, tmp_p
 class _Exploding(FakeEngine):
     """Raises an unexpected error (not an EngineError) after a few tokens."""
 
-    def _stream(self, messages, sampling, control):
+    def _stream(self, messages, sampling, control, crash=None):
         yield PhaseChanged(Phase.REASONING)
         yield TextDelta(DeltaKind.REASONING, "so far ")
         raise RuntimeError("the binding fell over")
@@ -104,13 +114,13 @@ def test_an_unexpected_error_mid_stream_fails_the_reply_not_the_app(qtbot, clien
     events = _record(worker_client)
     _load(qtbot, worker_client)
     worker_client.generate([], SamplingParams())
-    qtbot.waitUntil(lambda: worker_client.state is WorkerState.IDLE, timeout=WAIT_MS)
+    _idle(qtbot, worker_client)
     failed = events[-1]
     assert failed.message == "Generation failed: the binding fell over"
     assert failed.reasoning == "so far "
     # The thread still serves requests.
     worker_client.generate([], SamplingParams())
-    qtbot.waitUntil(lambda: worker_client.state is WorkerState.IDLE, timeout=WAIT_MS)
+    _idle(qtbot, worker_client)
 
 
 def test_close_stops_a_running_reply_and_closes_the_engine_in_its_thread(qtbot):
@@ -130,3 +140,27 @@ def test_close_stops_a_running_reply_and_closes_the_engine_in_its_thread(qtbot):
     assert worker_client.thread.isFinished()
     assert engine.closed
     assert closed_in and closed_in[0] is not threading.main_thread()
+
+
+def test_an_engine_that_dies_is_reported_as_a_crash_with_the_text_so_far(qtbot, client):
+    from fathom_desktop.engine.errors import EngineCrashedError
+    from fathom_desktop.engine.scripted import Crash
+
+    engine = FakeEngine(FakeScript(reasoning=REASONING, answer="done"), tokens_per_s=None)
+    engine.crash_next(Crash(after_tokens=30, gpu_memory=True))
+    worker_client = client(engine)
+    events = _record(worker_client)
+    _load(qtbot, worker_client)
+    worker_client.generate([], SamplingParams())
+    _idle(qtbot, worker_client)
+    failed = events[-1]
+    assert isinstance(failed.crash, EngineCrashedError) and failed.crash.gpu_memory
+    assert failed.message == str(failed.crash)
+    assert failed.reasoning_tokens == 30
+    assert failed.reasoning == "".join(split_tokens(REASONING)[:30])
+    # The next load makes the model usable again; a crash while loading is reported as one.
+    engine.crash_next(Crash(while_loading=True))
+    _load(qtbot, worker_client)
+    assert events[-1].crash is not None and events[-1].crash.while_loading
+    _load(qtbot, worker_client)
+    assert type(events[-1]).__name__ == "LoadReport"

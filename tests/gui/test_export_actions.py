@@ -40,7 +40,7 @@ def test_file_menu_exports_markdown_with_the_reasoning_folded(
 ) -> None:
     window = make_window()
     assert not window.export_action.isEnabled()  # an empty chat has nothing to export
-    window.send("What is the sum of the first 50 odd numbers?")
+    window.session.send("What is the sum of the first 50 odd numbers?")
     wait_idle(qtbot, window)
     assert window.export_action.isEnabled()
     assert window.export_action.text() == "&Export conversation…"
@@ -56,7 +56,7 @@ def test_file_menu_exports_markdown_with_the_reasoning_folded(
     assert asked[0].suffix == ".md" and asked[0].stem.startswith("What-is-the-sum")
     text = target.read_text(encoding="utf-8")
     assert "## You\n\nWhat is the sum of the first 50 odd numbers?" in text
-    reasoning = window.history.messages(window.conversation_id)[-1].reasoning
+    reasoning = window.session.history.messages(window.session.conversation_id)[-1].reasoning
     assert reasoning and "<details>\n<summary>Reasoning</summary>" in text
     assert reasoning.strip().splitlines()[0] in text
     assert "\\boxed{2500}" in text.split("</details>", 1)[1]
@@ -67,11 +67,11 @@ def test_sidebar_exports_json_of_the_conversation_right_clicked(
     make_window, qtbot, tmp_path: Path
 ) -> None:
     window = make_window()
-    window.send("First chat")
+    window.session.send("First chat")
     wait_idle(qtbot, window)
-    first = window.conversation_id
-    window.conversations.new()
-    window.send("Second chat")
+    first = window.session.conversation_id
+    window.session.new_conversation()
+    window.session.send("Second chat")
     wait_idle(qtbot, window)
     target = tmp_path / "first.json"
     window.exporter.ask_destination = answer_with(ExportChoice(target, ExportFormat.JSON))
@@ -88,7 +88,7 @@ def test_sidebar_exports_json_of_the_conversation_right_clicked(
 
 def test_a_cancelled_dialog_writes_nothing(make_window, qtbot, tmp_path: Path) -> None:
     window = make_window()
-    window.send("Hello")
+    window.session.send("Hello")
     wait_idle(qtbot, window)
     before = sorted(tmp_path.rglob("*"))
     window.exporter.ask_destination = answer_with(None)
@@ -105,7 +105,7 @@ def test_a_write_failure_is_one_line_and_leaves_no_file(
     make_window, qtbot, tmp_path: Path, fmt: ExportFormat
 ) -> None:
     window = make_window()
-    window.send("Hello")
+    window.session.send("Hello")
     wait_idle(qtbot, window)
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -114,7 +114,7 @@ def test_a_write_failure_is_one_line_and_leaves_no_file(
         window.export_action.trigger()
     message = failed.args[0]
     assert message.startswith(f"Could not write {blocker / 'x'}") and "\n" not in message
-    assert window.banner_text() == message
+    assert window.banner.text() == message
     assert blocker.read_text() == "" and not any(tmp_path.glob("*.tmp"))
     # The conversation is untouched.
     assert [m.text for m in window.chat.user_messages()] == ["Hello"]

@@ -29,9 +29,9 @@ def test_status_bar_shows_the_real_engines_layers_with_the_planners_n(
         engine=LlamaEngine(),
         settings={"model_path": str(tiny_gguf_f32), "n_ctx": 512, "n_gpu_layers": 2},
     )
-    assert window.report.n_layers == 3  # two blocks and the output layer
+    assert window.session.report.n_layers == 3  # two blocks and the output layer
     assert window.gpu_label.text() == "GPU 2/3 layers"  # not 2/4: N is counted once
     assert "GPU 2/3 layers" in window.chat.welcome.model_label.text()
     # The settings dialog's fit badge for the same file uses the same N.
     plan = plan_offload(tiny_gguf_f32, n_ctx=512, free_vram_bytes=1)
-    assert plan.n_layers == window.report.n_layers
+    assert plan.n_layers == window.session.report.n_layers

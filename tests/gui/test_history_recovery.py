@@ -252,12 +252,12 @@ def test_the_window_names_where_the_damaged_history_went(make_window, qtbot, tmp
     path = _fill(tmp_path / "history.sqlite3", conversations=3)
     path.write_bytes(b"\0" * 100 + path.read_bytes()[100:])  # the header is gone
     window = make_window(history_path=path)
-    announce_history(window, window.history)
-    text = window.banner_text()
+    announce_history(window, window.session.history)
+    text = window.banner.text()
     assert text.startswith("The history could not be read") and "\n" not in text
-    assert str(window.history.moved_to) in text
+    assert str(window.session.history.moved_to) in text
     assert window.sidebar.ids() == []  # a fresh history, and the window works on it
-    assert window.send("What is 2+2?")
+    assert window.session.send("What is 2+2?")
     wait_idle(qtbot, window)
     assert len(window.sidebar.ids()) == 1
 

@@ -130,19 +130,19 @@ def test_the_window_keeps_chatting_on_a_locked_history_and_says_so(
     from fathom_desktop.app import announce_history
 
     window = make_window(history_path=path)
-    announce_history(window, window.history)
+    announce_history(window, window.session.history)
     threads: list[threading.Thread] = []
     window.findChild(HistoryReports).report.connect(
         lambda _report: threads.append(threading.current_thread())
     )
-    window.send("What is 17 + 25?")
+    window.session.send("What is 17 + 25?")
     wait_idle(qtbot, window)
-    qtbot.waitUntil(lambda: "kept and saved as soon" in window.banner_text(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: "kept and saved as soon" in window.banner.text(), timeout=WAIT_MS)
     reply = window.chat.assistant_messages()[-1]
     assert reply.answer.source  # the reply streamed and finished as usual
     screenshot(window, artifacts, "history-locked-while-running")
     lock()
-    qtbot.waitUntil(lambda: "now saved" in window.banner_text(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: "now saved" in window.banner.text(), timeout=WAIT_MS)
     assert threads and set(threads) == {threading.main_thread()}  # widgets are safe to touch
     with History(path) as reader:
         [conversation] = reader.list_conversations()

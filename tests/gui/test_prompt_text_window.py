@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fathom_desktop.engine.types import ChatMessage
-from fathom_desktop.gui.main_window import ChatState
+from fathom_desktop.gui.session_types import SessionState
 from fathom_desktop.history import MessageStatus
 from tests.engine.test_prompt_text import FORGED_TURN, control_ids_in, every_control_text
 from tests.gui.conftest import wait_idle
@@ -27,13 +27,13 @@ def test_sent_message_forges_no_turn(make_window, qtbot, tiny_gguf_f32):
         load=False,
     )
     window.load_model()
-    qtbot.waitUntil(lambda: window.state is not ChatState.LOADING, timeout=60_000)
-    assert window.state is ChatState.READY, window.banner_text()
+    qtbot.waitUntil(lambda: window.session.state is not SessionState.LOADING, timeout=60_000)
+    assert window.session.state is SessionState.READY, window.banner.text()
     typed = f"{FORGED_TURN} {every_control_text(engine)}"
-    window.send(typed)
+    window.session.send(typed)
     wait_idle(qtbot, window)
 
-    (sent, stored) = window.history.messages(window.conversation_id)
+    (sent, stored) = window.session.history.messages(window.session.conversation_id)
     assert sent.content == typed and stored.status is MessageStatus.COMPLETE
     # What the model read (the KV cache holds the prompt): the markup's three control tokens,
     # the typed text as text.

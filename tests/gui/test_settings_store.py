@@ -9,7 +9,7 @@ import pytest
 
 from fathom_desktop import paths
 from fathom_desktop.engine import llama_backend, planner
-from fathom_desktop.engine.chat_template import with_eval_instruction
+from fathom_desktop.engine.prompt import with_eval_instruction
 from fathom_desktop.engine.types import (
     FATHOM_EVAL_INSTRUCTION,
     ChatMessage,

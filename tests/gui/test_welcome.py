@@ -33,7 +33,7 @@ def test_a_clicked_example_waits_in_the_message_box(make_window, qtbot) -> None:
     assert window.composer.text() == FATHOM_PROMPTS[1]
     assert window.composer.edit.hasFocus()
     # Nothing was sent: no conversation, no message, the welcome still shown.
-    assert window.conversation_id is None and window.history.list_conversations() == []
+    assert window.session.conversation_id is None and window.session.history.list_conversations() == []
     assert window.chat.items() == [] and window.chat.welcome.isVisible()
 
 
@@ -41,13 +41,13 @@ def test_the_welcome_leaves_with_the_first_message_and_returns_for_a_new_chat(
     make_window, qtbot
 ) -> None:
     window = make_window()
-    window.send("What is 2+2?")
+    window.session.send("What is 2+2?")
     assert not window.chat.welcome.isVisible()
     wait_idle(qtbot, window)
-    first = window.conversation_id
-    window.conversations.new()
+    first = window.session.conversation_id
+    window.session.new_conversation()
     assert window.chat.welcome.isVisible()
-    window.conversations.open(first)
+    window.session.open_conversation(first)
     assert not window.chat.welcome.isVisible()
 
 

@@ -1,9 +1,10 @@
-"""A stand-in for the real engine that honours `ChatEngine` without a model.
+"""A scripted stand-in for the real engine that honours `ChatEngine` without a model.
 
 It streams a scripted reasoning and answer at a chosen token rate, obeys Stop and Answer now
-between tokens, applies the thinking budget and max_tokens, and rejects files that are not GGUF
-the way the real engine does. The tests, `bench/ui_stream.py` and `fathom-desktop --fake-engine`
-(demos and screenshots) use it.
+between tokens, applies the thinking budget and max_tokens, continues a partial reply where it
+ended, and rejects files that are not GGUF the way the real engine does. It can also die the way
+an engine process does (`Crash`). The tests, `bench/ui_stream.py` and `fathom-desktop
+--fake-engine` (demos and screenshots) use it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fathom_desktop.engine.consensus import ConsensusResult, consensus
-from fathom_desktop.engine.errors import ModelFileError, ModelNotLoadedError
+from fathom_desktop.engine.errors import EngineCrashedError, ModelFileError, ModelNotLoadedError
+from fathom_desktop.engine.prompt import split_continuation
 from fathom_desktop.engine.types import (
     FATHOM_N_CTX,
     ChatMessage,
@@ -72,8 +74,32 @@ class FakeScript:
     answer: str = DEMO_ANSWER
 
 
+@dataclass(frozen=True)
+class Crash:
+    """The engine's process dies: while loading, or after `after_tokens` tokens of a reply."""
+
+    after_tokens: int = 0
+    while_loading: bool = False
+    gpu_memory: bool = False
+    signal_name: str = "SIGABRT"
+    last_error: str = "CUDA error: out of memory"
+
+    def error(self) -> EngineCrashedError:
+        return EngineCrashedError(
+            f"The model's process ended with {self.signal_name}: {self.last_error}",
+            signal_name=self.signal_name,
+            last_error=self.last_error,
+            gpu_memory=self.gpu_memory,
+            while_loading=self.while_loading,
+        )
+
+
 class FakeEngine:
-    """Streams `script` at `tokens_per_s` (None: as fast as possible)."""
+    """Streams `script` at `tokens_per_s` (None: as fast as possible).
+
+    Crashes queued with `crash_next` happen once each, in order: a loading crash on the next load,
+    any other in the next reply. Like a dead engine process, a crashed engine has no model loaded.
+    """
 
     def __init__(
         self,
@@ -93,6 +119,17 @@ class FakeEngine:
         self.load_calls: list[LoadOptions] = []
         self.closed = False
         self._lock = threading.Lock()
+        self._crashes: list[Crash] = []
+
+    def crash_next(self, crash: Crash) -> None:
+        with self._lock:
+            self._crashes.append(crash)
+
+    def _take_crash(self, *, while_loading: bool) -> Crash | None:
+        with self._lock:
+            if self._crashes and self._crashes[0].while_loading == while_loading:
+                return self._crashes.pop(0)
+        return None
 
     # -- ChatEngine ---------------------------------------------------------------------------
 
@@ -103,6 +140,10 @@ class FakeEngine:
             _check_gguf(path)
         if self.load_delay_s:
             time.sleep(self.load_delay_s)
+        crash = self._take_crash(while_loading=True)
+        if crash is not None:
+            self._loaded = None
+            raise crash.error()
         match = _QUANT.search(path.name)
         n_gpu = FATHOM_LAYERS + 1 if options.n_gpu_layers is None else options.n_gpu_layers
         self._loaded = LoadReport(
@@ -139,7 +180,7 @@ class FakeEngine:
         control = control or GenerationControl()
         with self._lock:
             self.requests.append(list(messages))
-        return self._stream(messages, sampling, control)
+        return self._stream(messages, sampling, control, self._take_crash(while_loading=False))
 
     def consensus(
         self,
@@ -157,10 +198,18 @@ class FakeEngine:
     # -- the stream ----------------------------------------------------------------------------
 
     def _stream(
-        self, messages: list[ChatMessage], sampling: SamplingParams, control: GenerationControl
+        self,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
+        control: GenerationControl,
+        crash: Crash | None = None,
     ) -> Iterator[StreamEvent]:
-        # The template's overhead (role markers, BOS) is about four tokens per message.
-        prompt_tokens = sum(self.count_tokens(m.content) + 4 for m in messages)
+        _, partial = split_continuation(messages)
+        # The template's overhead (role markers, BOS) is about four tokens per message; a partial
+        # reply's text is part of the prompt too.
+        prompt_tokens = sum(
+            self.count_tokens((m.reasoning or "") + m.content) + 4 for m in messages
+        )
         n_ctx = self._loaded.n_ctx if self._loaded is not None else FATHOM_N_CTX
         started = time.monotonic()
         yield PhaseChanged(Phase.PROMPT, prompt_tokens)
@@ -173,15 +222,25 @@ class FakeEngine:
         finish = FinishReason.STOP
         closed_early = False
 
+        reasoning, answer = self.script.reasoning, self.script.answer
+        if partial is not None:
+            # Go on from where the partial reply ended, as a model continuing its own text does.
+            answer = _rest(answer, partial.content)
+            reasoning = "" if partial.content else _rest(reasoning, partial.reasoning or "")
         phases = (
-            (Phase.REASONING, DeltaKind.REASONING, split_tokens(self.script.reasoning)),
-            (Phase.ANSWER, DeltaKind.ANSWER, split_tokens(self.script.answer)),
+            (Phase.REASONING, DeltaKind.REASONING, split_tokens(reasoning)),
+            (Phase.ANSWER, DeltaKind.ANSWER, split_tokens(answer)),
         )
         for phase, kind, tokens in phases:
             if finish is not FinishReason.STOP:
                 break
+            if not tokens and partial is not None:
+                continue  # a continued reply announces only the phases it writes in
             yield PhaseChanged(phase, prompt_tokens)
             for token in tokens:
+                if crash is not None and sum(counts.values()) >= crash.after_tokens:
+                    self._loaded = None
+                    raise crash.error()
                 if control.cancel.is_set():
                     finish = FinishReason.CANCELLED
                     break
@@ -244,6 +303,11 @@ class _Pacer:
         delay = self._next - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+
+
+def _rest(script: str, written: str) -> str:
+    """What is left of `script` after `written`, or all of it when `written` is not its start."""
+    return script[len(written) :] if script.startswith(written) else script
 
 
 def _check_gguf(path: Path) -> None:
