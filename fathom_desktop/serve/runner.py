@@ -68,9 +68,10 @@ class EngineRunner:
     def waiting(self) -> int:
         return max(0, self._admitted - 1)
 
-    def close(self) -> None:
+    def close(self, *, close_engine: bool = True) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self.engine.close()
+        if close_engine:
+            self.engine.close()
 
     def run_now(self, job: Callable[[ChatEngine], T]) -> T:
         """Run `job` on the engine thread and wait for it (start-up: loading the model)."""
