@@ -408,7 +408,13 @@ class RemoteEngine:
 
         Returns "done", "cancelled", "cut" (the connection broke) or "answer_now".
         """
-        stopper = _StreamCloser(response, control)
+        stopper = _StreamCloser(
+            response,
+            lambda: (
+                control.cancel.is_set()
+                or (len(states) == 1 and self._wants_answer_now(states[0], control, sampling))
+            ),
+        )
         try:
             for sse in httpx2.EventSource(response):
                 if sse.data.strip() == "[DONE]":
@@ -440,12 +446,13 @@ class RemoteEngine:
                     return "cancelled"
                 if len(states) == 1 and self._wants_answer_now(states[0], control, sampling):
                     return "answer_now"
-            if control.cancel.is_set():
-                return "cancelled"
-            return "done" if all(s.finish for s in states.values()) else "cut"
+            return self._ended_early(control, states, sampling) or (
+                "done" if all(s.finish for s in states.values()) else "cut"
+            )
         except (httpx2.TransportError, httpx2.StreamError) as error:
-            if control.cancel.is_set():
-                return "cancelled"
+            ended = self._ended_early(control, states, sampling)
+            if ended:
+                return ended
             if isinstance(error, httpx2.SSEError):
                 raise RemoteError(
                     f"The server did not answer with an event stream ({error})."
@@ -454,6 +461,16 @@ class RemoteEngine:
         finally:
             stopper.done()
             response.close()
+
+    def _ended_early(
+        self, control: GenerationControl, states: dict[int, ChoiceState], sampling: SamplingParams
+    ) -> str | None:
+        """Why the client ended the stream itself, if it did."""
+        if control.cancel.is_set():
+            return "cancelled"
+        if len(states) == 1 and self._wants_answer_now(states[0], control, sampling):
+            return "answer_now"
+        return None
 
     def _wants_answer_now(
         self, state: ChoiceState, control: GenerationControl, sampling: SamplingParams
@@ -578,23 +595,24 @@ class RemoteEngine:
 
 
 class _StreamCloser:
-    """Ends a streaming response the moment Stop is pressed, even while a read is blocked.
+    """Ends a streaming response the moment Stop (or Answer now) is pressed, even while a read
+    is blocked.
 
     Shutting the socket down wakes the reading thread at once and tells the server the client is
     gone, so it stops generating too; closing alone would wait for the next byte.
     """
 
-    def __init__(self, response: httpx2.Response, control: GenerationControl) -> None:
+    def __init__(self, response: httpx2.Response, should_stop: Callable[[], bool]) -> None:
         self._finished = threading.Event()
         stream = response.extensions.get("network_stream")
         self._socket = stream.get_extra_info("socket") if stream is not None else None
-        self._control = control
+        self._should_stop = should_stop
         self._thread = threading.Thread(target=self._watch, daemon=True, name="remote-stop")
         self._thread.start()
 
     def _watch(self) -> None:
         while not self._finished.wait(0.02):
-            if self._control.cancel.is_set():
+            if self._should_stop():
                 if self._socket is not None:
                     with contextlib.suppress(OSError):  # already closed
                         self._socket.shutdown(socket.SHUT_RDWR)

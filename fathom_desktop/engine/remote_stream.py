@@ -49,8 +49,12 @@ class RemoteReasoning:
         return self._splitter.phase
 
     def feed(self, reasoning: str | None, content: str | None) -> list[TextDelta]:
+        if self._closed:
+            # After "answer now" everything is answer, even where a server's reasoning parser,
+            # not seeing `</think>` in the continuation, labels it reasoning.
+            return self._splitter.feed((reasoning or "") + (content or ""))
         text = ""
-        if reasoning and not self._closed:
+        if reasoning:
             self._reasoning_by_field = True
             text += reasoning
         if content:

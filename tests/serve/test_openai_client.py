@@ -189,7 +189,9 @@ def test_client_leaving_mid_stream_cancels_within_a_token(demo_engine: object) -
         )
         seen = 0
         for chunk in stream:
-            seen += bool(chunk.choices and getattr(chunk.choices[0].delta, "reasoning_content", None))
+            seen += bool(
+                chunk.choices and getattr(chunk.choices[0].delta, "reasoning_content", None)
+            )
             if seen == 5:
                 break
         stream.close()  # the client goes away mid-reasoning
