@@ -12,25 +12,31 @@ Stop needs to end a stream at once.
 
 from __future__ import annotations
 
-import contextlib
 import queue
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx2
 
 from fathom_desktop.engine.consensus import ConsensusResult, consensus, majority_vote
 from fathom_desktop.engine.context import answer_only
-from fathom_desktop.engine.errors import EngineError, ModelNotLoadedError, PromptTooLongError
-from fathom_desktop.engine.remote_stream import ChoiceState, RemoteReasoning
+from fathom_desktop.engine.errors import ModelNotLoadedError
+from fathom_desktop.engine.remote_server import (
+    CONNECT_TIMEOUT_S,
+    KINDS,
+    UNKNOWN_KIND,
+    RemoteEndpoint,
+    RemoteError,
+    ServerKind,
+    check_response,
+    describe_failure,
+    retry_wait,
+)
+from fathom_desktop.engine.remote_stream import ChoiceState, RemoteReasoning, StreamCloser
 from fathom_desktop.engine.types import (
     ChatMessage,
     DeltaKind,
@@ -44,107 +50,6 @@ from fathom_desktop.engine.types import (
     SamplingParams,
     StreamEvent,
 )
-
-CONNECT_TIMEOUT_S = 10.0
-MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is reported rather than waited out
-
-
-class RemoteError(EngineError):
-    """A remote server failed or refused; str() is one line for the user."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class RemoteEndpoint:
-    url: str  # the API's base, e.g. http://gpu-box:8000/v1 (a missing /v1 is added)
-    api_key: str | None = None
-    model: str | None = None  # None: the first model the server lists
-    read_timeout_s: float = 600.0  # longest silence tolerated (a long prompt being read)
-    max_parallel: int = 4  # consensus samples in flight when the server lacks n > 1
-    max_retries: int = 2  # for 429 and 503 with Retry-After
-    # R1 templates open `<think>` in the prompt, so a reply without any tag is all reasoning.
-    template_opens_reasoning: bool = True
-
-    @property
-    def base(self) -> str:
-        url = self.url.rstrip("/")
-        return url if url.endswith("/v1") else f"{url}/v1"
-
-    @property
-    def root(self) -> str:
-        return self.base.removesuffix("/v1")
-
-
-@dataclass(frozen=True)
-class ServerKind:
-    """What the server is and which of the app's features it can carry."""
-
-    name: str
-    n_choices: bool  # honours n > 1 in one request
-    # How "answer now" continues a reply: vLLM's continue_final_message, llama.cpp server's
-    # assistant prefill, or None when the server cannot continue an assistant turn.
-    prefill: str | None
-    tokenize: str | None  # the path of its token-counting endpoint
-
-    @property
-    def answer_now_unsupported_reason(self) -> str | None:
-        if self.prefill is not None:
-            return None
-        return f"{self.name} cannot continue a started reply, so the reasoning cannot be cut short"
-
-
-# Recognised by /v1/models `owned_by`; each server's documented behaviour.
-_KINDS = {
-    "vllm": ServerKind(
-        "vLLM", n_choices=True, prefill="continue_final_message", tokenize="/tokenize"
-    ),
-    "llamacpp": ServerKind(
-        "llama.cpp server", n_choices=False, prefill="prefill", tokenize="/tokenize"
-    ),
-    "me": ServerKind(
-        "llama-cpp-python server", n_choices=False, prefill=None, tokenize="/extras/tokenize/count"
-    ),
-    "fathom-desktop": ServerKind(
-        "fathom-serve", n_choices=True, prefill=None, tokenize="/tokenize"
-    ),
-}
-UNKNOWN_KIND = ServerKind("this server", n_choices=False, prefill=None, tokenize=None)
-
-
-def describe_failure(error: BaseException, endpoint: RemoteEndpoint) -> str:
-    """One line for a transport failure: refused, DNS, TLS, timeout, or a cut connection."""
-    host = urlsplit(endpoint.base).netloc or endpoint.base
-    chain = [error]
-    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)  # type: ignore[arg-type]
-    if any(isinstance(e, socket.gaierror) for e in chain):
-        return f"Cannot find the server {host}: the name does not resolve (DNS)."
-    if any(isinstance(e, ssl.SSLError) for e in chain):
-        reason = next(e for e in chain if isinstance(e, ssl.SSLError))
-        return f"TLS with {host} failed ({getattr(reason, 'reason', None) or reason})."
-    if any(isinstance(e, ConnectionRefusedError) for e in chain):
-        return f"Connection to {host} refused: is the server running on that port?"
-    if isinstance(error, httpx2.ConnectTimeout):
-        return f"Timed out connecting to {host} after {CONNECT_TIMEOUT_S:.0f} s."
-    if isinstance(error, httpx2.ReadTimeout):
-        return f"{host} sent nothing for {endpoint.read_timeout_s:.0f} s; giving up."
-    if isinstance(error, httpx2.TimeoutException):
-        return f"Timed out talking to {host}."
-    return f"Lost the connection to {host} ({error or type(error).__name__})."
-
-
-def _server_message(response: httpx2.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
-    error = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(error, dict):
-        return str(error.get("message") or error.get("detail") or "")[:300]
-    return str(error)[:300]
 
 
 class RemoteEngine:
@@ -191,7 +96,7 @@ class RemoteEngine:
                 f"The server has no model '{wanted}'; it offers: {offered}.", status=404
             )
         self._model = str(chosen["id"])
-        self.kind = _KINDS.get(str(chosen.get("owned_by")), UNKNOWN_KIND)
+        self.kind = KINDS.get(str(chosen.get("owned_by")), UNKNOWN_KIND)
         meta = chosen.get("meta") if isinstance(chosen.get("meta"), dict) else {}
         n_ctx = chosen.get("max_model_len") or meta.get("n_ctx") or meta.get("n_ctx_train") or 0
         self._report = LoadReport(
@@ -231,9 +136,9 @@ class RemoteEngine:
                 response = client.request(method, url, **kwargs)
             except httpx2.TransportError as error:
                 raise RemoteError(describe_failure(error, self.endpoint)) from None
-            wait = self._retry_wait(response, attempt)
+            wait = retry_wait(response, attempt, self.endpoint.max_retries)
             if wait is None:
-                self._check(response)
+                check_response(response, self._model or self.endpoint.model)
                 return response
             time.sleep(wait)
         raise AssertionError("unreachable")
@@ -252,51 +157,12 @@ class RemoteEngine:
                 return response
             response.read()
             response.close()
-            wait = self._retry_wait(response, attempt)
+            wait = retry_wait(response, attempt, self.endpoint.max_retries)
             if wait is None:
-                self._check(response)
+                check_response(response, self._model or self.endpoint.model)
             else:
                 time.sleep(wait)
         raise AssertionError("unreachable")
-
-    def _retry_wait(self, response: httpx2.Response, attempt: int) -> float | None:
-        """Seconds to wait before trying again (429, or 503 with Retry-After), or None."""
-        if response.status_code not in (429, 503) or attempt >= self.endpoint.max_retries:
-            return None
-        header = response.headers.get("retry-after")
-        if header is None:
-            return None if response.status_code == 503 else 1.0
-        try:
-            seconds = float(header)
-        except ValueError:
-            return None
-        return seconds if 0 <= seconds <= MAX_RETRY_AFTER_S else None
-
-    def _check(self, response: httpx2.Response) -> None:
-        status = response.status_code
-        if status < 400:
-            return
-        said = _server_message(response)
-        detail = f": {said}" if said else "."
-        if status in (401, 403):
-            message = f"The server refused the API key ({status}){detail}"
-        elif status == 404:
-            message = (
-                f"The server has no model '{self._model or self.endpoint.model}' (404){detail}"
-                if "model" in said.lower()
-                else f"No OpenAI-compatible API at {response.request.url} (404)."
-            )
-        elif status == 429:
-            after = response.headers.get("retry-after")
-            wait = f" try again in {after} s" if after else " try again later"
-            message = f"The server is limiting requests (429);{wait}."
-        elif status == 400 and ("context" in said.lower() or "too long" in said.lower()):
-            raise PromptTooLongError(f"The server says the prompt is too long{detail}")
-        elif status >= 500:
-            message = f"The server failed ({status}){detail}"
-        else:
-            message = f"The server rejected the request ({status}){detail}"
-        raise RemoteError(message, status=status)
 
     def count_tokens(self, text: str) -> int:
         self._require()
@@ -408,7 +274,7 @@ class RemoteEngine:
 
         Returns "done", "cancelled", "cut" (the connection broke) or "answer_now".
         """
-        stopper = _StreamCloser(
+        stopper = StreamCloser(
             response,
             lambda: (
                 control.cancel.is_set()
@@ -594,29 +460,4 @@ class RemoteEngine:
         return majority_vote([results[i] for i in sorted(results)])
 
 
-class _StreamCloser:
-    """Ends a streaming response the moment Stop (or Answer now) is pressed, even while a read
-    is blocked.
-
-    Shutting the socket down wakes the reading thread at once and tells the server the client is
-    gone, so it stops generating too; closing alone would wait for the next byte.
-    """
-
-    def __init__(self, response: httpx2.Response, should_stop: Callable[[], bool]) -> None:
-        self._finished = threading.Event()
-        stream = response.extensions.get("network_stream")
-        self._socket = stream.get_extra_info("socket") if stream is not None else None
-        self._should_stop = should_stop
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="remote-stop")
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._finished.wait(0.02):
-            if self._should_stop():
-                if self._socket is not None:
-                    with contextlib.suppress(OSError):  # already closed
-                        self._socket.shutdown(socket.SHUT_RDWR)
-                return
-
-    def done(self) -> None:
-        self._finished.set()
+__all__ = ["RemoteEndpoint", "RemoteEngine", "RemoteError", "ServerKind"]

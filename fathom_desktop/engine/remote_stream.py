@@ -15,9 +15,15 @@ Whatever the chunking, the split is the one the local engine makes of the same t
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx2
 
 from fathom_desktop.engine.reasoning import THINK_CLOSE, ReasoningSplitter
 from fathom_desktop.engine.types import (
@@ -163,3 +169,31 @@ class ChoiceState:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+class StreamCloser:
+    """Ends a streaming response the moment Stop (or Answer now) is pressed, even while a read
+    is blocked.
+
+    Shutting the socket down wakes the reading thread at once and tells the server the client is
+    gone, so it stops generating too; closing alone would wait for the next byte.
+    """
+
+    def __init__(self, response: httpx2.Response, should_stop: Callable[[], bool]) -> None:
+        self._finished = threading.Event()
+        stream = response.extensions.get("network_stream")
+        self._socket = stream.get_extra_info("socket") if stream is not None else None
+        self._should_stop = should_stop
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="remote-stop")
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._finished.wait(0.02):
+            if self._should_stop():
+                if self._socket is not None:
+                    with contextlib.suppress(OSError):  # already closed
+                        self._socket.shutdown(socket.SHUT_RDWR)
+                return
+
+    def done(self) -> None:
+        self._finished.set()
