@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -236,7 +236,7 @@ class RemoteEngine:
         )
         yield PhaseChanged(Phase.PROMPT)
         while True:
-            outcome = yield from self._read(response, control, {0: state}, sampling)
+            outcome = yield from _events_only(self._read(response, control, {0: state}, sampling))
             if outcome != "answer_now":
                 break
             # Continue the same reply with its reasoning closed (vLLM / llama.cpp prefill).
@@ -269,8 +269,8 @@ class RemoteEngine:
         control: GenerationControl,
         states: dict[int, ChoiceState],
         sampling: SamplingParams,
-    ) -> Iterator[StreamEvent]:
-        """Events of every choice (index 0 only, unless `states` holds more) until the end.
+    ) -> Generator[tuple[int, StreamEvent], None, str]:
+        """(choice index, event) for every choice in `states`, until the stream ends.
 
         Returns "done", "cancelled", "cut" (the connection broke) or "answer_now".
         """
@@ -306,7 +306,7 @@ class RemoteEngine:
                     if state is None:
                         continue
                     for event in state.on_delta(choice.get("delta") or {}):
-                        yield event if len(states) == 1 else (choice.get("index", 0), event)
+                        yield int(choice.get("index", 0)), event
                     state.on_finish_reason(choice.get("finish_reason"))
                 if control.cancel.is_set():
                     return "cancelled"
@@ -461,3 +461,15 @@ class RemoteEngine:
 
 
 __all__ = ["RemoteEndpoint", "RemoteEngine", "RemoteError", "ServerKind"]
+
+
+def _events_only(
+    reader: Generator[tuple[int, StreamEvent], None, str],
+) -> Generator[StreamEvent, None, str]:
+    """One choice's events without their index; returns what the reader returned."""
+    while True:
+        try:
+            _, event = next(reader)
+        except StopIteration as stop:
+            return stop.value
+        yield event
