@@ -96,3 +96,20 @@ def test_the_program_serves_and_stops_cleanly(demo_gguf: Path) -> None:
     assert code == 0, err
     assert f"serving {demo_gguf.stem}" in err and "API key required" in err
     assert "Traceback" not in err
+
+
+def test_without_model_it_serves_the_demo(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served: dict[str, object] = {}
+
+    def fake_serve(runner, config, host, port) -> int:  # the port is never opened
+        served.update(model=config.model_id, n_ctx=config.n_ctx, host=host)
+        runner.close()
+        return 0
+
+    monkeypatch.setattr(cli, "_serve", fake_serve)
+    assert cli.main(["--n-ctx", "1024"]) == 0
+    assert str(served["model"]).startswith("fathom-tiny-") and served["n_ctx"] == 1024
+    assert served["host"] == "127.0.0.1"
+    assert "demo model fathom-tiny" in capsys.readouterr().err
