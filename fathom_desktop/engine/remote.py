@@ -55,9 +55,8 @@ from fathom_desktop.engine.types import (
 class RemoteEngine:
     """ChatEngine over HTTP. Like the local engine, one generation at a time per caller."""
 
-    def __init__(self, endpoint: RemoteEndpoint, *, transport: httpx2.BaseTransport | None = None):
+    def __init__(self, endpoint: RemoteEndpoint) -> None:
         self.endpoint = endpoint
-        self._transport = transport
         self._client: httpx2.Client | None = None
         self._model: str | None = None
         self._report: LoadReport | None = None
@@ -82,10 +81,17 @@ class RemoteEngine:
         self._client = httpx2.Client(
             headers=headers,
             timeout=httpx2.Timeout(self.endpoint.read_timeout_s, connect=CONNECT_TIMEOUT_S),
-            transport=self._transport,
         )
-        listing = self._request("GET", "/models").json()
-        models = [m for m in listing.get("data", []) if isinstance(m, dict) and "id" in m]
+        try:
+            return self._connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> LoadReport:
+        listing = self._json(self._request("GET", "/models"))
+        data = listing.get("data") if isinstance(listing, dict) else None
+        models = [m for m in data or [] if isinstance(m, dict) and "id" in m]
         if not models:
             raise RemoteError(f"{self.endpoint.base} lists no models.")
         wanted = self.endpoint.model
@@ -117,6 +123,16 @@ class RemoteEngine:
             self._client.close()
             self._client = None
         self._report = None
+        self._model = None
+
+    def _json(self, response: httpx2.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise RemoteError(
+                f"{response.request.url} did not answer with JSON; is this an OpenAI-compatible "
+                "API (its URL usually ends in /v1)?"
+            ) from None
 
     def _require(self) -> httpx2.Client:
         if self._client is None or self._model is None:
@@ -175,7 +191,7 @@ class RemoteEngine:
             body = {"content": text}
         else:
             body = {"model": self._model, "prompt": text, "add_special_tokens": False}
-        data = self._request("POST", path, root=True, json=body).json()
+        data = self._json(self._request("POST", path, root=True, json=body))
         if "count" in data:
             return int(data["count"])
         return len(data.get("tokens", []))

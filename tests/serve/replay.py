@@ -78,7 +78,14 @@ class Reply(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         replay = self.server.replay
         if self.path.rstrip("/") == "/v1/models":
-            if replay.models_status != 200:
+            if replay.models_html:
+                page = b"<html><body>a web page</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+            elif replay.models_status != 200:
                 self.send_json(replay.models_status, {"error": {"message": "Invalid API key"}})
                 return
             self.send_json(200, {"object": "list", "data": [replay.model_entry()]})
@@ -111,6 +118,7 @@ class ReplayServer:
     model: str = FATHOM_REPO
     script: Callable[[Reply, dict, int], None] = lambda reply, body, index: None
     models_status: int = 200
+    models_html: bool = False  # answer /v1/models with a web page, as a wrong URL might
     requests: list[dict] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0

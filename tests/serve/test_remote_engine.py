@@ -358,3 +358,12 @@ def test_timeout_when_the_server_goes_silent() -> None:
         with pytest.raises(RemoteError) as caught:
             engine.generate(ASK, GREEDY)
     assert "sent nothing for 0 s" in str(caught.value) or "timed out" in str(caught.value).lower()
+
+
+def test_a_url_that_is_not_an_openai_api() -> None:
+    with replay_server(models_html=True) as server, pytest.raises(RemoteError) as caught:
+        connect(server.url)
+    assert "did not answer with JSON" in str(caught.value)
+    with replay_server() as server, pytest.raises(RemoteError) as caught:
+        connect(server.url.replace("/v1", "/api/v1"))
+    assert "No OpenAI-compatible API at" in str(caught.value) and "(404)" in str(caught.value)
