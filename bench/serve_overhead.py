@@ -12,6 +12,11 @@ SSE path must stay linear: the client must not fall further behind as the reply 
 time to first token the server adds (client's time to first token minus the engine's own).
 
     .venv/bin/python bench/serve_overhead.py [--tokens 16000] [--layers 4] [--hidden 256]
+    .venv/bin/python bench/serve_overhead.py --fake-engine max   # the server path's own ceiling
+
+On a shared CPU box the model decodes slowly, which flatters the server; `--fake-engine RATE`
+streams a scripted reply from the app's stand-in engine at RATE tokens/s instead ("max": as
+fast as it can), so the server's own cost per token is what limits the client.
 """
 
 from __future__ import annotations
@@ -111,10 +116,19 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model", type=Path, help="an existing GGUF instead of a fresh one")
+    parser.add_argument(
+        "--fake-engine",
+        metavar="RATE",
+        help="stream from the stand-in engine at RATE tokens/s ('max': unthrottled)",
+    )
     parser.add_argument("--client", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         client(args.client, args.tokens)
+        return
+
+    if args.fake_engine:
+        fake_run(args)
         return
 
     from engine_overhead import build_model
@@ -150,6 +164,27 @@ def main() -> None:
     report(json.loads(out), timed, args.window)
 
 
+def fake_run(args: argparse.Namespace) -> None:
+    from fathom_desktop.engine.types import LoadOptions
+    from fathom_desktop.gui.fake_engine import DEMO_MODEL_PATH, FakeEngine, FakeScript
+    from tests.serve.conftest import serve
+
+    rate = None if args.fake_engine == "max" else float(args.fake_engine)
+    # One token per word; the reasoning alone is longer than the reply asked for.
+    script = FakeScript(reasoning=" ".join(f"w{i % 97}" for i in range(args.tokens + 10)))
+    engine = FakeEngine(script, tokens_per_s=rate)
+    engine.load(LoadOptions(DEMO_MODEL_PATH, n_ctx=args.tokens + 4096))
+    timed = TimedEngine(engine)
+    with serve(timed) as server:
+        out = subprocess.run(
+            [sys.executable, __file__, "--client", server.base_url, "--tokens", str(args.tokens)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    report(json.loads(out), timed, args.window)
+
+
 def report(seen: dict, timed: TimedEngine, window: int) -> None:
     received = [(t, c) for t, c in seen["received"]]
     assert timed.finished is not None
@@ -163,7 +198,7 @@ def report(seen: dict, timed: TimedEngine, window: int) -> None:
 
     def client_rate(first: int, last: int) -> float:
         span = _time_of(received, deltas[last][1]) - _time_of(received, deltas[first][1])
-        return (last - first) * per_delta / span
+        return (last - first) * per_delta / span if span > 0 else float("inf")
 
     end = len(deltas) - 1
     size = min(int(window / per_delta), end // 2)
