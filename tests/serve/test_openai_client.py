@@ -251,3 +251,17 @@ def _wait_until(condition, timeout: float = 10) -> None:
 def test_health_says_when_the_model_is_busy(served: Served) -> None:
     health = httpx2.get(f"{served.base_url}/health").json()
     assert health == {"status": "ok", "model": served.model_id, "busy": False, "waiting": 0}
+
+
+def test_stop_sequence_while_streaming_never_sends_it(served: Served) -> None:
+    stream = client(served).chat.completions.create(
+        model=served.model_id, messages=QUESTION, temperature=0, stop=["\\boxed"], stream=True
+    )
+    answer, finishes = [], []
+    for chunk in stream:
+        for choice in chunk.choices:
+            answer.append(choice.delta.content or "")
+            finishes.append(choice.finish_reason)
+    local = engine_reply(served, SamplingParams(temperature=0))
+    assert "".join(answer) == local.answer.split("\\boxed")[0]
+    assert [f for f in finishes if f] == ["stop"]

@@ -367,3 +367,22 @@ def test_a_url_that_is_not_an_openai_api() -> None:
     with replay_server() as server, pytest.raises(RemoteError) as caught:
         connect(server.url.replace("/v1", "/api/v1"))
     assert "No OpenAI-compatible API at" in str(caught.value) and "(404)" in str(caught.value)
+
+
+def test_thinking_budget_closes_the_reasoning_by_prefill_on_llama_cpp_server() -> None:
+    def script(reply: Reply, body: dict, index: int) -> None:
+        if index == 0:
+            reply.start_events()
+            for word in ["Add ", "48 ", "and ", "24 ", "and ", "then "] * 5:
+                reply.event(llamacpp_chunk({"reasoning_content": word}))
+                time.sleep(0.02)
+            reply.client_left(within_s=2)
+        else:
+            stream_vllm(reply, "", "\\boxed{72}")
+
+    with replay_server(owned_by="llamacpp") as server:
+        server.script = script
+        _, finished = run(connect(server.url), sampling=SamplingParams(thinking_budget=3))
+    assert finished.stats.thinking_closed_early and finished.answer == "\\boxed{72}"
+    assert server.requests[1]["messages"][-1]["content"].startswith("Add 48 and")
+    assert "thinking_budget" not in server.requests[0]  # not a llama.cpp field
