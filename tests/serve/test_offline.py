@@ -23,13 +23,13 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         attempts.append(address)
         raise OSError("the test forbids network connections")
 
+    def no_lookups(*args: object, **kwargs: object) -> None:
+        attempts.append(args)
+        raise OSError("the test forbids name lookups")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(
-        socket,
-        "getaddrinfo",
-        lambda *a, **k: attempts.append(a) or (_ for _ in ()).throw(OSError()),
-    )
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookups)
     return attempts
 
 
