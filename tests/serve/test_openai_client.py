@@ -265,3 +265,15 @@ def test_stop_sequence_while_streaming_never_sends_it(served: Served) -> None:
     local = engine_reply(served, SamplingParams(temperature=0))
     assert "".join(answer) == local.answer.split("\\boxed")[0]
     assert [f for f in finishes if f] == ["stop"]
+
+
+def test_client_giving_up_on_a_non_streaming_reply_cancels_it(demo_engine: object) -> None:
+    paced = PacedEngine(demo_engine, delay_s=0.03)
+    with serve(paced) as server:
+        body = {"model": server.model_id, "messages": QUESTION, "temperature": 0}
+        with pytest.raises(httpx2.ReadTimeout):
+            httpx2.post(f"{server.v1}/chat/completions", json=body, timeout=0.5)
+        _wait_until(lambda: paced.finished)
+    stats = paced.finished[0].stats
+    assert stats.finish_reason is FinishReason.CANCELLED
+    assert 0 <= paced.deltas_after_cancel[0] <= 1
