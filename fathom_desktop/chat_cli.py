@@ -35,6 +35,7 @@ from fathom_desktop.engine.types import (
     ContextTrimmed,
     DeltaKind,
     Finished,
+    FinishReason,
     GenerationControl,
     KvCacheType,
     LoadOptions,
@@ -185,6 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the llama.cpp build, GPU and model checks, then exit",
     )
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+    remote = parser.add_argument_group(
+        "a model served elsewhere (vLLM, llama.cpp server, fathom-serve)"
+    )
+    remote.add_argument(
+        "--server",
+        metavar="URL",
+        help="use the OpenAI-compatible server at URL (e.g. http://gpu-box:8000/v1) instead of "
+        "a local GGUF",
+    )
+    remote.add_argument(
+        "--api-key",
+        default=os.environ.get("FATHOM_API_KEY") or None,
+        help="the server's API key (or set FATHOM_API_KEY)",
+    )
+    remote.add_argument(
+        "--server-model", metavar="NAME", help="the server's model (default: the first it lists)"
+    )
     return parser
 
 
@@ -193,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.json or args.consensus) and not args.prompt and not args.diagnostics:
         parser.error("--json and --consensus need --prompt")
+    if args.server and (args.model or args.diagnostics):
+        parser.error("--server runs the model elsewhere: leave out --model and --diagnostics")
     if args.verbose:
         from fathom_desktop.engine import llama_backend
 
@@ -204,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.diagnostics:
             return _diagnostics(args)
-        if args.model is None:
+        if args.model is None and not args.server:
             args.model = _demo_model()
         return _run(args)
     except (EngineError, ConversionError) as error:
@@ -273,11 +293,19 @@ def _user_message(args: argparse.Namespace, text: str) -> ChatMessage:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fathom_desktop.engine import LlamaEngine
+    engine: Any
+    if args.server:
+        from fathom_desktop.engine.remote import RemoteEndpoint, RemoteEngine
 
-    engine = LlamaEngine()
+        engine = RemoteEngine(
+            RemoteEndpoint(args.server, api_key=args.api_key, model=args.server_model)
+        )
+    else:
+        from fathom_desktop.engine import LlamaEngine
+
+        engine = LlamaEngine()
     try:
-        report = engine.load(_load_options(args))
+        report = engine.load(None if args.server else _load_options(args))
         if not args.json:
             for note in report.notes:
                 print(f"[{note}]", file=sys.stderr)
@@ -387,7 +415,9 @@ def _one_prompt(engine: Any, args: argparse.Namespace, messages: list[ChatMessag
     )
     if printer:
         printer.end()
-    else:
+    if finished.stats.finish_reason is FinishReason.INTERRUPTED:
+        _fail("the connection to the server broke mid-reply; the reply above is partial.")
+    if not printer:
         report = engine.loaded
         _print_json(
             {
@@ -400,6 +430,8 @@ def _one_prompt(engine: Any, args: argparse.Namespace, messages: list[ChatMessag
                 "boxed": extract_boxed(finished.answer),
             }
         )
+    if finished.stats.finish_reason is FinishReason.INTERRUPTED:
+        return EXIT_ERROR
     return EXIT_INTERRUPTED if control.cancel.is_set() else EXIT_OK
 
 

@@ -81,6 +81,7 @@ class FinishReason(StrEnum):
     LENGTH = "length"  # max_tokens reached
     CONTEXT = "context"  # the context window is full
     CANCELLED = "cancelled"  # the user pressed Stop
+    INTERRUPTED = "interrupted"  # a remote server's stream broke off; the text so far is kept
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""fathom-serve: the local engine behind an OpenAI-compatible HTTP API (see cli.py)."""
