@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -291,6 +293,51 @@ def cmd_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from convert.evaluate import evaluate
+    from convert.llama_forward import ForwardSettings
+
+    # Ctrl-C mostly lands while llama.cpp computes, where a KeyboardInterrupt raised in its abort
+    # callback would be swallowed by ctypes; the handler only raises a flag that the callback
+    # and the chunk loop read, and evaluate() then unwinds as an interrupt.
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    try:
+        report = evaluate(
+            args.reference,
+            args.levels,
+            args.text,
+            ctx=args.ctx,
+            chunks=args.chunks,
+            settings=ForwardSettings(n_gpu_layers=args.gpu_layers, n_threads=args.threads),
+            progress=TqdmProgress(disable=args.quiet or args.json, unit="tok"),
+            cancel=cancel,
+            use_cache=not args.no_cache,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print(
+        f"reference {report.reference.name}: PPL {report.reference_ppl:.4f} over "
+        f"{report.chunks} chunks of {report.ctx} tokens (text sha256 {report.text_sha256[:12]})"
+    )
+    print(
+        f"{'type':<8}{'size':>10}  {'KLD mean ± se':>20}  {'KLD p99':>9}  "
+        f"{'same top ± se':>16}  {'PPL':>9}  {'ln PPL ratio':>12}  {'RMS Δp':>7}"
+    )
+    for r in report.results:
+        s = r.stats
+        print(
+            f"{r.type:<8}{human_size(r.size_bytes):>10}  {s.kld_mean:>11.6f} ± {s.kld_se:.6f}  "
+            f"{s.kld_p99:>9.5f}  {100 * s.top1:>7.2f} ± {100 * s.top1_se:.2f} %  {s.ppl:>9.4f}  "
+            f"{s.ln_ppl_ratio:>12.6f}  {100 * s.rms_dp:>5.2f} %"
+            + ("  (cached)" if r.cached else "")
+        )
+    return 0
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -346,6 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+
+    p = add("evaluate", "measure what each level loses against its BF16/F16 reference")
+    p.add_argument("levels", type=Path, nargs="+", help="quantized GGUFs of the same model")
+    p.add_argument("--reference", type=Path, required=True, help="the BF16/F16 GGUF")
+    p.add_argument("--text", type=Path, help="UTF-8 text (default: the shipped evaluation text)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default: 512)")
+    p.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
+    p.add_argument(
+        "--gpu-layers", type=int, help="layers on the GPU for every model (default: all)"
+    )
+    p.add_argument("--threads", type=_threads, help="default: all cores")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--no-cache", action="store_true", help="measure again even if recorded")
+    p.set_defaults(func=cmd_evaluate)
 
     p = add("types", "list the quantization ladder")
     p.set_defaults(func=cmd_types)
