@@ -209,6 +209,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             allow_requantize=args.allow_requantize,
             overwrite=args.force,
             progress=_progress(args),
+            imatrix=args.imatrix,
         )
         _report(result)
         produced.append(_Output(result.path, q.name, repo, revision))
@@ -290,6 +291,32 @@ def cmd_all(args: argparse.Namespace) -> int:
         bf16.unlink()
         produced = [p for p in produced if p.path != bf16]
     _record(args, produced)
+    return 0
+
+
+def cmd_imatrix(args: argparse.Namespace) -> int:
+    from convert.imatrix import compute_imatrix
+    from convert.llama_forward import ForwardSettings
+
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # see cmd_evaluate
+    try:
+        result = compute_imatrix(
+            args.model,
+            args.output,
+            args.text,
+            ctx=args.ctx,
+            chunks=args.chunks,
+            settings=ForwardSettings(n_gpu_layers=args.gpu_layers, n_threads=args.threads),
+            progress=TqdmProgress(disable=args.quiet, unit="tok"),
+            cancel=cancel,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(
+        f"imatrix {result.path}: {result.entries} weights, {result.chunks} chunks of "
+        f"{result.chunk_size} tokens"
+    )
     return 0
 
 
@@ -387,7 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--no-manifest", action="store_true", help="do not update manifest.json")
+    p.add_argument("--imatrix", type=Path, help="an importance matrix made for this model")
     p.set_defaults(func=cmd_quantize)
+
+    p = add("imatrix", "compute llama.cpp's importance matrix of a model on a calibration text")
+    p.add_argument("model", type=Path, help="the BF16/F16 GGUF")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the imatrix GGUF to write")
+    p.add_argument("--text", type=Path, help="UTF-8 text (default: the shipped calibration text)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default: 512)")
+    p.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
+    p.add_argument("--gpu-layers", type=int, help="layers on the GPU (default: all)")
+    p.add_argument("--threads", type=_threads, help="default: all cores")
+    p.set_defaults(func=cmd_imatrix)
 
     p = add("inspect", "show what a GGUF holds and whether Fathom Desktop can use it")
     p.add_argument("file", type=Path)

@@ -250,6 +250,9 @@ def _child_main() -> None:
     params.ftype = request["file_type"]
     params.nthread = request["n_threads"]
     params.allow_requantize = request["allow_requantize"]
+    keep_alive: list[object] = []
+    if request.get("imatrix"):
+        params.imatrix = _imatrix_entries(request["imatrix"], keep_alive)
     with capture_llama_log(lambda level, text: send("log", level, text)):
         rc = llama_cpp.llama_model_quantize(
             request["input"].encode(), request["output"].encode(), ctypes.byref(params)
@@ -258,6 +261,35 @@ def _child_main() -> None:
     channel.close()
     sys.stderr.flush()
     os._exit(0)  # without waiting for the watcher thread, which waits for the parent
+
+
+def _check_imatrix(path: Path, summary: GgufSummary, input_path: Path) -> None:
+    """Refuse, before llama.cpp runs, an imatrix that is not one or was made for another model."""
+    from convert.imatrix import Imatrix
+
+    if not path.is_file():
+        raise ConversionError(f"No such imatrix file: {path}.")
+    shapes = {t.name: t.shape for t in summary.tensors}
+    Imatrix.read(path).require_fits(shapes, input_path.name)
+
+
+def _imatrix_entries(path: str, keep_alive: list[object]):
+    """The imatrix as llama_model_quantize takes it: (name, mean squared activations, size)
+    per weight, ended by an entry with no name."""
+    import llama_cpp
+
+    from convert.imatrix import Imatrix
+
+    imatrix = Imatrix.read(Path(path))
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix.values) + 1))()
+    for entry, (name, values) in zip(entries, imatrix.values.items(), strict=False):
+        encoded = name.encode()
+        keep_alive.extend((encoded, values))
+        entry.name = encoded
+        entry.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entry.size = values.size
+    keep_alive.append(entries)
+    return entries
 
 
 # One line per tensor in llama.cpp's main loop:
@@ -395,8 +427,11 @@ def quantize(
     overwrite: bool = True,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    imatrix: Path | None = None,
 ) -> QuantizeResult:
-    """Quantize one GGUF with llama.cpp; the output appears only when complete."""
+    """Quantize one GGUF with llama.cpp; the output appears only when complete.
+
+    `imatrix` (an imatrix GGUF made for this model) guides how each block is quantized."""
     input_path, out_path = Path(input_path), Path(out_path)
     quant = quant if isinstance(quant, QuantType) else quant_type(quant)
     progress = progress or NullProgress()
@@ -415,6 +450,8 @@ def quantize(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError(f"Cannot write {out_path.name}: {out_dir} is a file, not a folder.")
     require_free_space(out_dir, estimate_output_bytes(summary, quant), out_path.name)
+    if imatrix is not None:
+        _check_imatrix(Path(imatrix), summary, input_path)
 
     log = _LogReader(summary, progress)
     with atomic_output(out_path, overwrite=overwrite) as tmp:
@@ -425,6 +462,7 @@ def quantize(
             "file_type": int(quant.file_type),
             "n_threads": n_threads or default_threads(),
             "allow_requantize": allow_requantize,
+            "imatrix": str(Path(imatrix).resolve()) if imatrix is not None else None,
         }
         try:
             rc, exitcode, child_error = _run_child(log, request, cancel)
