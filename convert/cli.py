@@ -29,6 +29,7 @@ from convert.progress import TqdmProgress
 from convert.quantize import (
     FATHOM_R1_14B_PARAMS,
     LADDER,
+    ImatrixUse,
     QuantizeResult,
     QuantType,
     basename_of,
@@ -95,6 +96,7 @@ class _Output:
     source_revision: str | None
     # False for a file an earlier run made and this one kept.
     written_now: bool = True
+    imatrix: Path | None = None
 
 
 def _record(args: argparse.Namespace, outputs: list[_Output]) -> None:
@@ -114,6 +116,7 @@ def _record(args: argparse.Namespace, outputs: list[_Output]) -> None:
             source_repo=out.source_repo,
             source_revision=out.source_revision,
             progress=_progress(args),
+            imatrix=out.imatrix,
         )
         by_folder.setdefault(out.path.parent, []).append(entry)
     for folder, entries in by_folder.items():
@@ -212,7 +215,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             imatrix=args.imatrix,
         )
         _report(result)
-        produced.append(_Output(result.path, q.name, repo, revision))
+        produced.append(_Output(result.path, q.name, repo, revision, imatrix=args.imatrix))
     _record(args, produced)
     return 0
 
@@ -278,20 +281,47 @@ def cmd_all(args: argparse.Namespace) -> int:
         print(f"BF16    {result.path}  {human_size(result.n_bytes)}")
     produced.append(_Output(bf16, "BF16", repo, revision, written_now=not keep_bf16))
 
+    imatrix = None
+    if any(q.imatrix is not ImatrixUse.NONE for q in args.types):
+        imatrix = _imatrix_for(args, bf16, out_dir / f"{basename}-imatrix.gguf")
     for q in args.types:
         out = out_dir / output_name(basename, q)
         keep = out.exists() and not args.force
+        guide = imatrix if q.imatrix is not ImatrixUse.NONE else None
         if keep:
             print(f"{q.name:<7} {out}  already there, kept (--force redoes it)")
         else:
-            _report(quantize(bf16, out, q, n_threads=args.threads, progress=_progress(args)))
-        produced.append(_Output(out, q.name, repo, revision, written_now=not keep))
+            _report(
+                quantize(
+                    bf16, out, q, n_threads=args.threads, progress=_progress(args), imatrix=guide
+                )
+            )
+        produced.append(_Output(out, q.name, repo, revision, written_now=not keep, imatrix=guide))
 
     if args.discard_bf16:
         bf16.unlink()
         produced = [p for p in produced if p.path != bf16]
     _record(args, produced)
     return 0
+
+
+def _imatrix_for(args: argparse.Namespace, bf16: Path, out: Path) -> Path:
+    """The model's importance matrix on the shipped calibration text, made once."""
+    from convert.imatrix import compute_imatrix
+    from convert.llama_forward import ForwardSettings
+
+    if out.exists() and not args.force:
+        print(f"imatrix {out}  already there, kept (--force redoes it)")
+        return out
+    result = compute_imatrix(
+        bf16,
+        out,
+        chunks=args.imatrix_chunks,
+        settings=ForwardSettings(n_threads=args.threads),
+        progress=TqdmProgress(disable=args.quiet, unit="tok"),
+    )
+    print(f"imatrix {result.path}  {result.entries} weights, {result.chunks} chunks")
+    return out
 
 
 def cmd_imatrix(args: argparse.Namespace) -> int:
@@ -457,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch, tag or commit to download (default: main)")
     p.add_argument("--threads", type=_threads, help="default: all cores")
     p.add_argument("--discard-bf16", action="store_true", help="delete the BF16 GGUF at the end")
+    p.add_argument(
+        "--imatrix-chunks",
+        type=int,
+        help="calibrate the importance matrix on at most this many chunks (default: all)",
+    )
     p.add_argument("--force", action="store_true", help="redo outputs that already exist")
     p.set_defaults(func=cmd_all, no_manifest=False)
     return parser

@@ -90,14 +90,17 @@ class ManifestEntry:
     source_revision: str | None
     tools: dict[str, str]
     created: str  # ISO 8601, UTC
+    # The importance matrix that guided the quantization: {"file", "sha256", "datasets",
+    # "chunks"}; None for files made without one.
+    imatrix: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ManifestEntry:
         names = {f.name for f in fields(cls)}
-        missing = names - data.keys()
+        missing = names - data.keys() - {"imatrix"}
         if missing:
             raise ValueError(f"entry lacks {', '.join(sorted(missing))}")
-        return cls(**{k: data[k] for k in names})
+        return cls(**{k: data[k] for k in names if k in data})
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,9 @@ def describe_file(
     source_repo: str | None,
     source_revision: str | None,
     progress: Progress | None = None,
+    imatrix: Path | None = None,
 ) -> ManifestEntry:
-    """Hash and describe one finished output."""
+    """Hash and describe one finished output (and the imatrix that guided it, if any)."""
     path = Path(path)
     return ManifestEntry(
         file=path.name,
@@ -154,7 +158,20 @@ def describe_file(
         source_revision=source_revision,
         tools=tool_versions(),
         created=datetime.now(UTC).replace(microsecond=0).isoformat(),
+        imatrix=_describe_imatrix(imatrix) if imatrix is not None else None,
     )
+
+
+def _describe_imatrix(path: Path) -> dict[str, Any]:
+    from convert.imatrix import Imatrix
+
+    matrix = Imatrix.read(path)
+    return {
+        "file": Path(path).name,
+        "sha256": sha256_file(path),
+        "datasets": list(matrix.datasets),
+        "chunks": matrix.chunks,
+    }
 
 
 def read_manifest(directory: Path) -> Manifest:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import enum
 import json
 import os
 import queue
@@ -39,6 +40,14 @@ from convert.llama_log import LevelTracker, LogLevel
 from convert.progress import NullProgress, Progress
 
 
+class ImatrixUse(enum.Enum):
+    """What an importance matrix does for a type."""
+
+    NONE = "none"  # enough bits that it changes little
+    HELPS = "helps"  # made with one when there is one (published figures: KLD −10 to −25 %)
+    REQUIRED = "required"  # only worth making (and llama.cpp only makes some) with one
+
+
 @dataclass(frozen=True)
 class QuantType:
     """One llama.cpp quantization mix, named as `llama-quantize` names it."""
@@ -49,6 +58,7 @@ class QuantType:
     # embeddings, output and some attention/FFN tensors get more bits than the headline type).
     bits_per_weight: float | None = None
     purpose: str = ""
+    imatrix: ImatrixUse = ImatrixUse.NONE
 
     def estimated_bytes(self, n_params: int) -> int | None:
         if self.bits_per_weight is None:
@@ -57,6 +67,7 @@ class QuantType:
 
 
 _F = gguf.LlamaFileType
+_HELPS, _REQUIRED = ImatrixUse.HELPS, ImatrixUse.REQUIRED
 
 # Fathom-R1-14B's weights (48 layers, hidden 5120, FFN 13824, vocab 152064, untied head), for
 # size estimates before any file exists.
@@ -68,10 +79,20 @@ LADDER: tuple[QuantType, ...] = (
     QuantType("Q8_0", _F.MOSTLY_Q8_0, 8.50, "near-lossless reference; 24 GB cards"),
     QuantType("Q6_K", _F.MOSTLY_Q6_K, 6.56, "practically lossless; 16 GB cards"),
     QuantType("Q5_K_M", _F.MOSTLY_Q5_K_M, 5.69, "high quality; 12-16 GB cards"),
-    QuantType("Q4_K_M", _F.MOSTLY_Q4_K_M, 4.89, "best balance for 12 GB cards"),
-    QuantType("IQ4_XS", _F.MOSTLY_IQ4_XS, 4.46, "near Q4_K_M quality, smaller; 10-12 GB cards"),
-    QuantType("Q3_K_M", _F.MOSTLY_Q3_K_M, 3.91, "8 GB cards; noticeable quality loss"),
-    QuantType("Q2_K", _F.MOSTLY_Q2_K, 3.16, "last resort for 6-8 GB cards; reasoning degrades"),
+    QuantType("Q4_K_M", _F.MOSTLY_Q4_K_M, 4.89, "best balance for 12 GB cards", _HELPS),
+    QuantType(
+        "IQ4_XS", _F.MOSTLY_IQ4_XS, 4.46, "near Q4_K_M quality, smaller; 10-12 GB cards", _HELPS
+    ),
+    QuantType("Q3_K_M", _F.MOSTLY_Q3_K_M, 3.91, "8 GB cards; noticeable quality loss", _HELPS),
+    QuantType(
+        "IQ3_XXS", _F.MOSTLY_IQ3_XXS, 3.22, "6-8 GB cards; needs an importance matrix", _REQUIRED
+    ),
+    QuantType(
+        "Q2_K", _F.MOSTLY_Q2_K, 3.16, "last resort for 6-8 GB cards; reasoning degrades", _HELPS
+    ),
+    QuantType(
+        "IQ2_M", _F.MOSTLY_IQ2_M, 2.90, "6 GB cards, with a clear loss; needs an imatrix", _REQUIRED
+    ),
 )
 
 # Input types that are not quantized: llama.cpp re-encodes these without compounding error.
@@ -386,8 +407,8 @@ def _explain(reason: str, quant: QuantType, out_path: Path | None = None) -> str
         )
     if "requires an imatrix" in reason or "Missing importance matrix" in reason:
         return (
-            f"{quant.name} needs an importance matrix (imatrix), which fathom-convert does not "
-            f"compute; choose a type from the ladder instead (llama.cpp: {reason})"
+            f"{quant.name} needs an importance matrix: make one with `fathom-convert imatrix` "
+            f"and pass it with --imatrix (llama.cpp: {reason})"
         )
     if "requantizing from type" in reason:
         return f"the input is already quantized; pass --allow-requantize (llama.cpp: {reason})"
@@ -452,6 +473,11 @@ def quantize(
     require_free_space(out_dir, estimate_output_bytes(summary, quant), out_path.name)
     if imatrix is not None:
         _check_imatrix(Path(imatrix), summary, input_path)
+    elif quant.imatrix is ImatrixUse.REQUIRED:
+        raise ConversionError(
+            f"{quant.name} is only made with an importance matrix: make one with "
+            f"`fathom-convert imatrix {input_path.name} -o imatrix.gguf` and pass --imatrix."
+        )
 
     log = _LogReader(summary, progress)
     with atomic_output(out_path, overwrite=overwrite) as tmp:
