@@ -246,10 +246,11 @@ def _write(out: Path, sums: dict[str, _Sums], dataset: str, chunks: int, chunk_s
         writer.add_array(gguf.Keys.IMatrix.DATASETS, [dataset])
         writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, chunks)
         writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, chunk_size)
+        # One matrix per weight: llama.cpp stores these 1-D (ggml drops trailing dimensions of 1).
         for name in sorted(sums):
             entry = sums[name]
-            writer.add_tensor(f"{name}.in_sum2", entry.values.astype(np.float32).reshape(1, -1))
-            writer.add_tensor(f"{name}.counts", np.array([[entry.count]], dtype=np.float32))
+            writer.add_tensor(f"{name}.in_sum2", entry.values.astype(np.float32))
+            writer.add_tensor(f"{name}.counts", np.array([entry.count], dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
