@@ -7,7 +7,7 @@ run:
 
 test: system-test-tools
 	@scripts/bootstrap.sh --test
-	QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q
+	FATHOM_LLAMA_TOOLS="$$(scripts/llama_tools.sh)" QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest -q
 
 # The packaging tests validate the desktop entry with desktop-file-validate (Debian's
 # desktop-file-utils); installed here when missing and we may (root with apt-get).

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from convert.progress import TqdmProgress
 from convert.quantize import (
     FATHOM_R1_14B_PARAMS,
     LADDER,
+    ImatrixUse,
     QuantizeResult,
     QuantType,
     basename_of,
@@ -93,6 +96,7 @@ class _Output:
     source_revision: str | None
     # False for a file an earlier run made and this one kept.
     written_now: bool = True
+    imatrix: Path | None = None
 
 
 def _record(args: argparse.Namespace, outputs: list[_Output]) -> None:
@@ -112,6 +116,7 @@ def _record(args: argparse.Namespace, outputs: list[_Output]) -> None:
             source_repo=out.source_repo,
             source_revision=out.source_revision,
             progress=_progress(args),
+            imatrix=out.imatrix,
         )
         by_folder.setdefault(out.path.parent, []).append(entry)
     for folder, entries in by_folder.items():
@@ -207,9 +212,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             allow_requantize=args.allow_requantize,
             overwrite=args.force,
             progress=_progress(args),
+            imatrix=args.imatrix,
         )
         _report(result)
-        produced.append(_Output(result.path, q.name, repo, revision))
+        produced.append(_Output(result.path, q.name, repo, revision, imatrix=args.imatrix))
     _record(args, produced)
     return 0
 
@@ -275,19 +281,117 @@ def cmd_all(args: argparse.Namespace) -> int:
         print(f"BF16    {result.path}  {human_size(result.n_bytes)}")
     produced.append(_Output(bf16, "BF16", repo, revision, written_now=not keep_bf16))
 
+    imatrix = None
+    if any(q.imatrix is not ImatrixUse.NONE for q in args.types):
+        imatrix = _imatrix_for(args, bf16, out_dir / f"{basename}-imatrix.gguf")
     for q in args.types:
         out = out_dir / output_name(basename, q)
         keep = out.exists() and not args.force
+        guide = imatrix if q.imatrix is not ImatrixUse.NONE else None
         if keep:
             print(f"{q.name:<7} {out}  already there, kept (--force redoes it)")
         else:
-            _report(quantize(bf16, out, q, n_threads=args.threads, progress=_progress(args)))
-        produced.append(_Output(out, q.name, repo, revision, written_now=not keep))
+            _report(
+                quantize(
+                    bf16, out, q, n_threads=args.threads, progress=_progress(args), imatrix=guide
+                )
+            )
+        produced.append(_Output(out, q.name, repo, revision, written_now=not keep, imatrix=guide))
 
     if args.discard_bf16:
         bf16.unlink()
         produced = [p for p in produced if p.path != bf16]
     _record(args, produced)
+    return 0
+
+
+def _imatrix_for(args: argparse.Namespace, bf16: Path, out: Path) -> Path:
+    """The model's importance matrix on the shipped calibration text, made once."""
+    from convert.imatrix import compute_imatrix
+    from convert.llama_forward import ForwardSettings
+
+    if out.exists() and not args.force:
+        print(f"imatrix {out}  already there, kept (--force redoes it)")
+        return out
+    result = compute_imatrix(
+        bf16,
+        out,
+        chunks=args.imatrix_chunks,
+        settings=ForwardSettings(n_threads=args.threads),
+        progress=TqdmProgress(disable=args.quiet, unit="tok"),
+    )
+    print(f"imatrix {result.path}  {result.entries} weights, {result.chunks} chunks")
+    return out
+
+
+def cmd_imatrix(args: argparse.Namespace) -> int:
+    from convert.imatrix import compute_imatrix
+    from convert.llama_forward import ForwardSettings
+
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())  # see cmd_evaluate
+    try:
+        result = compute_imatrix(
+            args.model,
+            args.output,
+            args.text,
+            ctx=args.ctx,
+            chunks=args.chunks,
+            settings=ForwardSettings(n_gpu_layers=args.gpu_layers, n_threads=args.threads),
+            progress=TqdmProgress(disable=args.quiet, unit="tok"),
+            cancel=cancel,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(
+        f"imatrix {result.path}: {result.entries} weights, {result.chunks} chunks of "
+        f"{result.chunk_size} tokens"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from convert.evaluate import evaluate
+    from convert.llama_forward import ForwardSettings
+
+    # Ctrl-C mostly lands while llama.cpp computes, where a KeyboardInterrupt raised in its abort
+    # callback would be swallowed by ctypes; the handler only raises a flag that the callback
+    # and the chunk loop read, and evaluate() then unwinds as an interrupt.
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    try:
+        report = evaluate(
+            args.reference,
+            args.levels,
+            args.text,
+            ctx=args.ctx,
+            chunks=args.chunks,
+            settings=ForwardSettings(n_gpu_layers=args.gpu_layers, n_threads=args.threads),
+            progress=TqdmProgress(disable=args.quiet or args.json, unit="tok"),
+            cancel=cancel,
+            use_cache=not args.no_cache,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print(
+        f"reference {report.reference.name}: PPL {report.reference_ppl:.4f} over "
+        f"{report.chunks} chunks of {report.ctx} tokens (text sha256 {report.text_sha256[:12]})"
+    )
+    print(
+        f"{'type':<8}{'size':>10}  {'KLD mean ± se':>20}  {'KLD p99':>9}  "
+        f"{'same top ± se':>16}  {'PPL':>9}  {'ln PPL ratio':>12}  {'RMS Δp':>7}"
+    )
+    for r in report.results:
+        s = r.stats
+        print(
+            f"{r.type:<8}{human_size(r.size_bytes):>10}  {s.kld_mean:>11.6f} ± {s.kld_se:.6f}  "
+            f"{s.kld_p99:>9.5f}  {100 * s.top1:>7.2f} ± {100 * s.top1_se:.2f} %  {s.ppl:>9.4f}  "
+            f"{s.ln_ppl_ratio:>12.6f}  {100 * s.rms_dp:>5.2f} %"
+            + ("  (cached)" if r.cached else "")
+        )
     return 0
 
 
@@ -340,12 +444,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--no-manifest", action="store_true", help="do not update manifest.json")
+    p.add_argument("--imatrix", type=Path, help="an importance matrix made for this model")
     p.set_defaults(func=cmd_quantize)
+
+    p = add("imatrix", "compute llama.cpp's importance matrix of a model on a calibration text")
+    p.add_argument("model", type=Path, help="the BF16/F16 GGUF")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the imatrix GGUF to write")
+    p.add_argument("--text", type=Path, help="UTF-8 text (default: the shipped calibration text)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default: 512)")
+    p.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
+    p.add_argument("--gpu-layers", type=int, help="layers on the GPU (default: all)")
+    p.add_argument("--threads", type=_threads, help="default: all cores")
+    p.set_defaults(func=cmd_imatrix)
 
     p = add("inspect", "show what a GGUF holds and whether Fathom Desktop can use it")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
+
+    p = add("evaluate", "measure what each level loses against its BF16/F16 reference")
+    p.add_argument("levels", type=Path, nargs="+", help="quantized GGUFs of the same model")
+    p.add_argument("--reference", type=Path, required=True, help="the BF16/F16 GGUF")
+    p.add_argument("--text", type=Path, help="UTF-8 text (default: the shipped evaluation text)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per chunk (default: 512)")
+    p.add_argument("--chunks", type=int, help="at most this many chunks (default: all)")
+    p.add_argument(
+        "--gpu-layers", type=int, help="layers on the GPU for every model (default: all)"
+    )
+    p.add_argument("--threads", type=_threads, help="default: all cores")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--no-cache", action="store_true", help="measure again even if recorded")
+    p.set_defaults(func=cmd_evaluate)
 
     p = add("types", "list the quantization ladder")
     p.set_defaults(func=cmd_types)
@@ -358,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch, tag or commit to download (default: main)")
     p.add_argument("--threads", type=_threads, help="default: all cores")
     p.add_argument("--discard-bf16", action="store_true", help="delete the BF16 GGUF at the end")
+    p.add_argument(
+        "--imatrix-chunks",
+        type=int,
+        help="calibrate the importance matrix on at most this many chunks (default: all)",
+    )
     p.add_argument("--force", action="store_true", help="redo outputs that already exist")
     p.set_defaults(func=cmd_all, no_manifest=False)
     return parser

@@ -36,18 +36,20 @@ class NullProgress:
 class TqdmProgress:
     """A bytes/s and ETA bar per step, for the command line."""
 
-    def __init__(self, disable: bool = False) -> None:
+    def __init__(self, disable: bool = False, unit: str = "B") -> None:
         self._bar: tqdm | None = None
         self._disable = disable
+        # Steps count bytes unless told otherwise (evaluate counts tokens).
+        self._unit = unit
 
     def start(self, step: str, total_bytes: int) -> None:
         self.finish()
         self._bar = tqdm(
             total=total_bytes,
             desc=step,
-            unit="B",
+            unit=self._unit,
             unit_scale=True,
-            unit_divisor=1024,
+            unit_divisor=1024 if self._unit == "B" else 1000,
             dynamic_ncols=True,
             disable=self._disable,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import enum
 import json
 import os
 import queue
@@ -39,6 +40,14 @@ from convert.llama_log import LevelTracker, LogLevel
 from convert.progress import NullProgress, Progress
 
 
+class ImatrixUse(enum.Enum):
+    """What an importance matrix does for a type."""
+
+    NONE = "none"  # enough bits that it changes little
+    HELPS = "helps"  # made with one when there is one (published figures: KLD −10 to −25 %)
+    REQUIRED = "required"  # only worth making (and llama.cpp only makes some) with one
+
+
 @dataclass(frozen=True)
 class QuantType:
     """One llama.cpp quantization mix, named as `llama-quantize` names it."""
@@ -49,6 +58,7 @@ class QuantType:
     # embeddings, output and some attention/FFN tensors get more bits than the headline type).
     bits_per_weight: float | None = None
     purpose: str = ""
+    imatrix: ImatrixUse = ImatrixUse.NONE
 
     def estimated_bytes(self, n_params: int) -> int | None:
         if self.bits_per_weight is None:
@@ -57,6 +67,7 @@ class QuantType:
 
 
 _F = gguf.LlamaFileType
+_HELPS, _REQUIRED = ImatrixUse.HELPS, ImatrixUse.REQUIRED
 
 # Fathom-R1-14B's weights (48 layers, hidden 5120, FFN 13824, vocab 152064, untied head), for
 # size estimates before any file exists.
@@ -68,10 +79,20 @@ LADDER: tuple[QuantType, ...] = (
     QuantType("Q8_0", _F.MOSTLY_Q8_0, 8.50, "near-lossless reference; 24 GB cards"),
     QuantType("Q6_K", _F.MOSTLY_Q6_K, 6.56, "practically lossless; 16 GB cards"),
     QuantType("Q5_K_M", _F.MOSTLY_Q5_K_M, 5.69, "high quality; 12-16 GB cards"),
-    QuantType("Q4_K_M", _F.MOSTLY_Q4_K_M, 4.89, "best balance for 12 GB cards"),
-    QuantType("IQ4_XS", _F.MOSTLY_IQ4_XS, 4.46, "near Q4_K_M quality, smaller; 10-12 GB cards"),
-    QuantType("Q3_K_M", _F.MOSTLY_Q3_K_M, 3.91, "8 GB cards; noticeable quality loss"),
-    QuantType("Q2_K", _F.MOSTLY_Q2_K, 3.16, "last resort for 6-8 GB cards; reasoning degrades"),
+    QuantType("Q4_K_M", _F.MOSTLY_Q4_K_M, 4.89, "best balance for 12 GB cards", _HELPS),
+    QuantType(
+        "IQ4_XS", _F.MOSTLY_IQ4_XS, 4.46, "near Q4_K_M quality, smaller; 10-12 GB cards", _HELPS
+    ),
+    QuantType("Q3_K_M", _F.MOSTLY_Q3_K_M, 3.91, "8 GB cards; noticeable quality loss", _HELPS),
+    QuantType(
+        "IQ3_XXS", _F.MOSTLY_IQ3_XXS, 3.22, "6-8 GB cards; needs an importance matrix", _REQUIRED
+    ),
+    QuantType(
+        "Q2_K", _F.MOSTLY_Q2_K, 3.16, "last resort for 6-8 GB cards; reasoning degrades", _HELPS
+    ),
+    QuantType(
+        "IQ2_M", _F.MOSTLY_IQ2_M, 2.90, "6 GB cards, with a clear loss; needs an imatrix", _REQUIRED
+    ),
 )
 
 # Input types that are not quantized: llama.cpp re-encodes these without compounding error.
@@ -250,6 +271,9 @@ def _child_main() -> None:
     params.ftype = request["file_type"]
     params.nthread = request["n_threads"]
     params.allow_requantize = request["allow_requantize"]
+    keep_alive: list[object] = []
+    if request.get("imatrix"):
+        params.imatrix = _imatrix_entries(request["imatrix"], keep_alive)
     with capture_llama_log(lambda level, text: send("log", level, text)):
         rc = llama_cpp.llama_model_quantize(
             request["input"].encode(), request["output"].encode(), ctypes.byref(params)
@@ -258,6 +282,35 @@ def _child_main() -> None:
     channel.close()
     sys.stderr.flush()
     os._exit(0)  # without waiting for the watcher thread, which waits for the parent
+
+
+def _check_imatrix(path: Path, summary: GgufSummary, input_path: Path) -> None:
+    """Refuse, before llama.cpp runs, an imatrix that is not one or was made for another model."""
+    from convert.imatrix import Imatrix
+
+    if not path.is_file():
+        raise ConversionError(f"No such imatrix file: {path}.")
+    shapes = {t.name: t.shape for t in summary.tensors}
+    Imatrix.read(path).require_fits(shapes, input_path.name)
+
+
+def _imatrix_entries(path: str, keep_alive: list[object]):
+    """The imatrix as llama_model_quantize takes it: (name, mean squared activations, size)
+    per weight, ended by an entry with no name."""
+    import llama_cpp
+
+    from convert.imatrix import Imatrix
+
+    imatrix = Imatrix.read(Path(path))
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix.values) + 1))()
+    for entry, (name, values) in zip(entries, imatrix.values.items(), strict=False):
+        encoded = name.encode()
+        keep_alive.extend((encoded, values))
+        entry.name = encoded
+        entry.data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entry.size = values.size
+    keep_alive.append(entries)
+    return entries
 
 
 # One line per tensor in llama.cpp's main loop:
@@ -354,8 +407,8 @@ def _explain(reason: str, quant: QuantType, out_path: Path | None = None) -> str
         )
     if "requires an imatrix" in reason or "Missing importance matrix" in reason:
         return (
-            f"{quant.name} needs an importance matrix (imatrix), which fathom-convert does not "
-            f"compute; choose a type from the ladder instead (llama.cpp: {reason})"
+            f"{quant.name} needs an importance matrix: make one with `fathom-convert imatrix` "
+            f"and pass it with --imatrix (llama.cpp: {reason})"
         )
     if "requantizing from type" in reason:
         return f"the input is already quantized; pass --allow-requantize (llama.cpp: {reason})"
@@ -395,8 +448,11 @@ def quantize(
     overwrite: bool = True,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    imatrix: Path | None = None,
 ) -> QuantizeResult:
-    """Quantize one GGUF with llama.cpp; the output appears only when complete."""
+    """Quantize one GGUF with llama.cpp; the output appears only when complete.
+
+    `imatrix` (an imatrix GGUF made for this model) guides how each block is quantized."""
     input_path, out_path = Path(input_path), Path(out_path)
     quant = quant if isinstance(quant, QuantType) else quant_type(quant)
     progress = progress or NullProgress()
@@ -415,6 +471,13 @@ def quantize(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConversionError(f"Cannot write {out_path.name}: {out_dir} is a file, not a folder.")
     require_free_space(out_dir, estimate_output_bytes(summary, quant), out_path.name)
+    if imatrix is not None:
+        _check_imatrix(Path(imatrix), summary, input_path)
+    elif quant.imatrix is ImatrixUse.REQUIRED:
+        raise ConversionError(
+            f"{quant.name} is only made with an importance matrix: make one with "
+            f"`fathom-convert imatrix {input_path.name} -o imatrix.gguf` and pass --imatrix."
+        )
 
     log = _LogReader(summary, progress)
     with atomic_output(out_path, overwrite=overwrite) as tmp:
@@ -425,6 +488,7 @@ def quantize(
             "file_type": int(quant.file_type),
             "n_threads": n_threads or default_threads(),
             "allow_requantize": allow_requantize,
+            "imatrix": str(Path(imatrix).resolve()) if imatrix is not None else None,
         }
         try:
             rc, exitcode, child_error = _run_child(log, request, cancel)

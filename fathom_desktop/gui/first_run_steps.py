@@ -24,7 +24,7 @@ from convert.download import download_checkpoint, looks_like_repo_id, read_sourc
 from convert.errors import ConversionError
 from convert.gguf_convert import convert_checkpoint
 from convert.manifest import describe_file, update_manifest
-from convert.quantize import LADDER, basename_of, output_name, quantize
+from convert.quantize import LADDER, ImatrixUse, basename_of, output_name, quantize
 from fathom_desktop.engine import planner
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.engine.types import FATHOM_N_CTX
@@ -167,6 +167,8 @@ def quant_options(config_json: Path, gpu: GpuInfo | None) -> list[QuantOption]:
     """The ladder, each with its predicted size and fit at the default context, largest first."""
     options = []
     for quant in LADDER:
+        if quant.imatrix is ImatrixUse.REQUIRED:
+            continue  # this flow makes no importance matrix, and these levels need one
         try:
             profile = planner.model_memory_profile(config_json, quant.name, n_ctx=FATHOM_N_CTX)
             size: int | None = profile.weights_bytes

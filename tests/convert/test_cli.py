@@ -132,12 +132,19 @@ def test_all_from_a_downloaded_folder_then_more_types(
     (checkpoint / SOURCE_MARKER).write_text(json.dumps(marker))
     out_dir = tmp_path / "gguf"
 
-    rc = main(["-q", "all", str(checkpoint), "--out-dir", str(out_dir), "--types", "Q8_0,Q4_K_M"])
+    rc = main(["-q", "all", str(checkpoint), "--out-dir", str(out_dir), "--types", "Q8_0,Q4_K_M",
+               "--imatrix-chunks", "2"])
     assert rc == 0, capsys.readouterr().err
     names = ["Fathom-R1-14B-BF16.gguf", "Fathom-R1-14B-Q8_0.gguf", "Fathom-R1-14B-Q4_K_M.gguf"]
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted([*names, MANIFEST_NAME])
+    imatrix = "Fathom-R1-14B-imatrix.gguf"  # made because Q4_K_M is better with one
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([*names, imatrix, MANIFEST_NAME])
     manifest = _manifest(out_dir)
     assert set(manifest) == set(names)
+    guided = manifest["Fathom-R1-14B-Q4_K_M.gguf"]["imatrix"]
+    assert guided["file"] == imatrix and guided["chunks"] == 2
+    assert guided["datasets"] == ["calibration.txt"]
+    assert guided["sha256"] == hashlib.sha256((out_dir / imatrix).read_bytes()).hexdigest()
+    assert manifest["Fathom-R1-14B-Q8_0.gguf"]["imatrix"] is None
     for name in names:
         entry = manifest[name]
         assert entry["source_repo"] == "FractalAIResearch/Fathom-R1-14B"

@@ -51,7 +51,7 @@ def test_the_manifest_is_written_and_merged(tmp_path: Path) -> None:
     update_manifest(tmp_path, [_entry(q8, "Q8_0")])
 
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     by_name = {e["file"]: e for e in data["files"]}
     assert set(by_name) == {q4.name, q8.name}
     assert by_name[q8.name]["quant_type"] == "Q8_0"

@@ -21,8 +21,11 @@ import pytest
 
 from convert.errors import ConversionError
 from convert.gguf_header import read_gguf_header
+from convert.imatrix import compute_imatrix
+from convert.llama_forward import ForwardSettings
 from convert.quantize import (
     LADDER,
+    ImatrixUse,
     QuantizationCancelled,
     QuantizeResult,
     _check_output,
@@ -177,8 +180,16 @@ def ladder(
     ladder_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, QuantizeResult]:
     out_dir = tmp_path_factory.mktemp("ladder-out")
+    # The levels made only with an importance matrix get one, calibrated on two chunks.
+    imatrix = compute_imatrix(
+        ladder_model, out_dir / "ladder.imatrix.gguf", ctx=128, chunks=2,
+        settings=ForwardSettings(n_gpu_layers=0, n_threads=2),
+    ).path
     return {
-        q.name: quantize(ladder_model, out_dir / output_name("Ladder-Test", q), q, n_threads=2)
+        q.name: quantize(
+            ladder_model, out_dir / output_name("Ladder-Test", q), q, n_threads=2,
+            imatrix=imatrix if q.imatrix is ImatrixUse.REQUIRED else None,
+        )
         for q in LADDER
     }
 
@@ -190,10 +201,12 @@ def _files(folder: Path) -> list[str]:
 # --- the ladder ------------------------------------------------------------------------------
 
 
-def test_ladder_is_the_seven_recommended_types_largest_first() -> None:
+def test_ladder_is_the_recommended_types_largest_first() -> None:
     assert [q.name for q in LADDER] == [
-        "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "Q2_K"
+        "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS", "Q3_K_M", "IQ3_XXS", "Q2_K", "IQ2_M"
     ]  # fmt: skip
+    needs = {q.name for q in LADDER if q.imatrix is ImatrixUse.REQUIRED}
+    assert needs == {"IQ3_XXS", "IQ2_M"}
     bits = [q.bits_per_weight for q in LADDER]
     assert bits == sorted(bits, reverse=True)
     assert all(q.purpose for q in LADDER)
