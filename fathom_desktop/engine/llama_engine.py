@@ -33,6 +33,7 @@ from fathom_desktop.engine.reasoning import THINK_CLOSE, prompt_opens_reasoning
 from fathom_desktop.engine.types import (
     ChatMessage,
     ContextTrimmed,
+    FinishReason,
     GenerationControl,
     LoadOptions,
     LoadReport,
@@ -57,6 +58,7 @@ class _Loaded:
     bos: int
     add_bos: bool
     setup: ReplySetup
+    prompt_abort: backend.PromptAbort
 
 
 class LlamaEngine:
@@ -290,12 +292,14 @@ class LlamaEngine:
                 yield ContextTrimmed(dropped_messages=dropped)
             yield PhaseChanged(Phase.PROMPT, prompt_tokens=len(tokens))
             backend.reset_perf(llama)
-            _evaluate_prompt(llama, tokens)
+            with model.prompt_abort.watching(control.cancel):
+                read = _evaluate_prompt(llama, tokens, control)
             prompt_perf = backend.read_perf(llama)
             reply = Reply(
                 model.setup, sampler, sampling, control, starts_in_reasoning=starts_in_reasoning
             )
-            finish = yield from reply.events()
+            # Stop while the prompt was read ends the reply before its first token.
+            finish = (yield from reply.events()) if read else FinishReason.CANCELLED
             yield reply.finished(
                 finish,
                 prompt_tokens=len(tokens),
@@ -307,8 +311,9 @@ class LlamaEngine:
             sampler.close()
 
 
-def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int]) -> None:
-    """Evaluate the prompt, reusing the longest cached prefix (at least one token is new)."""
+def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int], control: GenerationControl) -> bool:
+    """Evaluate the prompt, reusing the longest cached prefix (at least one token is new);
+    False when Stop aborted it."""
     cached = llama.input_ids[: llama.n_tokens].tolist()
     reuse = 0
     for cached_token, token in zip(cached, tokens, strict=False):
@@ -321,7 +326,10 @@ def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int]) -> None:
     try:
         llama.eval(tokens[reuse:])
     except RuntimeError as error:
+        if control.cancel.is_set():
+            return False
         raise DecodeError(f"llama.cpp failed while reading the prompt ({error}).") from None
+    return True
 
 
 def _nfc(text: str) -> str:
@@ -421,6 +429,7 @@ def _prepare(
         bos=bos,
         add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
         setup=setup,
+        prompt_abort=backend.PromptAbort(llama),
     )
 
 
