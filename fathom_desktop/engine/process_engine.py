@@ -32,6 +32,7 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -164,6 +165,16 @@ class _Host:
         self.wait_log()
 
 
+@dataclass
+class _Pending:
+    """A request whose reply the host is still sending."""
+
+    host: _Host
+    control: GenerationControl
+    stream: Generator[StreamEvent, None, None] | None = None
+    answered: bool = False  # its final OK / ERROR was read (or the host died)
+
+
 class ProcessEngine:
     """ChatEngine whose engine runs in a child process (see the module docstring).
 
@@ -175,7 +186,7 @@ class ProcessEngine:
         self._factory = factory
         self._host: _Host | None = _Host(factory)
         self._loaded: LoadReport | None = None
-        self._active: Generator[StreamEvent, None, None] | None = None
+        self._pending: _Pending | None = None  # the request whose reply is being read
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -192,7 +203,7 @@ class ProcessEngine:
         """Load in a host of its own: a model already loaded goes with its process first, so
         all its memory is free before the new one is read (reload with fewer GPU layers is this
         call with a smaller `n_gpu_layers`)."""
-        self._finish_active()
+        self._settle()
         if self._loaded is not None or (self._host is not None and not self._host.alive()):
             self.close()
         if self._host is None:
@@ -203,7 +214,7 @@ class ProcessEngine:
 
     def close(self) -> None:
         """End the host and with it everything it held; the next `load` starts a new one."""
-        self._finish_active()
+        self._settle()
         self._loaded = None
         host, self._host = self._host, None
         if host is not None:
@@ -223,16 +234,17 @@ class ProcessEngine:
     ) -> Iterator[StreamEvent]:
         """Errors in the request raise here, as in LlamaEngine; then the events stream."""
         self._require_loaded()
-        self._finish_active()
+        self._settle()
         control = control or GenerationControl()
         host = self._live_host()
         self._send(host, wire.GENERATE, messages, sampling)
         reply = self._receive(host, control)
         if reply[0] == wire.ERROR:
             raise wire.decode_error(reply[1], reply[2])
-        stream = self._stream(host, control)
-        self._active = stream
-        return stream
+        pending = _Pending(host, control)
+        pending.stream = self._stream(pending)
+        self._pending = pending
+        return pending.stream
 
     def consensus(
         self,
@@ -246,57 +258,60 @@ class ProcessEngine:
     ) -> ConsensusResult:
         """The host runs the engine's consensus; `on_event` is called here, on this thread."""
         self._require_loaded()
-        self._finish_active()
+        self._settle()
         control = control or GenerationControl()
         host = self._live_host()
         self._send(host, wire.CONSENSUS, messages, sampling, k, parallel)
-        while True:
-            reply = self._receive(host, control)
-            if reply[0] == wire.SAMPLE_EVENT:
-                if on_event is not None:
-                    on_event(reply[1], wire.decode(reply[2]))
-            elif reply[0] == wire.OK:
-                return wire.decode(reply[1])
-            else:
-                raise wire.decode_error(reply[1], reply[2])
-
-    def _stream(
-        self, host: _Host, control: GenerationControl
-    ) -> Generator[StreamEvent, None, None]:
-        done = False
+        pending = self._pending = _Pending(host, control)
         try:
             while True:
                 reply = self._receive(host, control)
-                if reply[0] == wire.EVENT:
-                    yield wire.decode(reply[1])
-                elif reply[0] == wire.OK:
-                    done = True
-                    return
-                else:
-                    done = True
-                    raise wire.decode_error(reply[1], reply[2])
+                if reply[0] == wire.SAMPLE_EVENT:
+                    if on_event is not None:
+                        on_event(reply[1], wire.decode(reply[2]))
+                    continue
+                pending.answered = True
+                if reply[0] == wire.OK:
+                    return wire.decode(reply[1])
+                raise wire.decode_error(reply[1], reply[2])
         except EngineCrashedError:
-            done = True
+            pending.answered = True
             raise
         finally:
-            self._active = None  # a new stream only starts once this one has been closed
-            if not done:
-                # Abandoned mid-stream: stop the host and take the rest of the reply off the
-                # pipe, so the next request reads its own answer.
-                self._drain(host, control)
+            self._settle()  # when on_event raised: stop the host and clear the pipe
 
-    def _drain(self, host: _Host, control: GenerationControl) -> None:
-        control.cancel.set()
+    def _stream(self, pending: _Pending) -> Generator[StreamEvent, None, None]:
         try:
-            while self._receive(host, control)[0] not in (wire.OK, wire.ERROR):
+            while True:
+                reply = self._receive(pending.host, pending.control)
+                if reply[0] == wire.EVENT:
+                    yield wire.decode(reply[1])
+                    continue
+                pending.answered = True
+                if reply[0] == wire.OK:
+                    return
+                raise wire.decode_error(reply[1], reply[2])
+        except EngineCrashedError:
+            pending.answered = True
+            raise
+
+    def _settle(self) -> None:
+        """Before the next request: a reply left unread (a stream the caller dropped or never
+        started) is stopped in the host and its rest taken off the pipe, so the next request
+        reads its own answer."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if pending.stream is not None:
+            pending.stream.close()
+        if pending.answered or not pending.host.alive():
+            return
+        pending.control.cancel.set()
+        try:
+            while self._receive(pending.host, pending.control)[0] not in (wire.OK, wire.ERROR):
                 pass
         except EngineCrashedError:
-            pass  # reported by the next request, which starts a new host
-
-    def _finish_active(self) -> None:
-        if self._active is not None:
-            active, self._active = self._active, None
-            active.close()
+            pass  # the next request finds no engine and says so
 
     # -- the pipe --------------------------------------------------------------------------
 
@@ -312,6 +327,7 @@ class ProcessEngine:
         return host
 
     def _request(self, op: str, *args: Any, while_loading: bool = False) -> Any:
+        self._settle()
         host = self._host
         assert host is not None
         self._send(host, op, *args, while_loading=while_loading)

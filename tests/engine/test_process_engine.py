@@ -258,6 +258,11 @@ def test_an_abandoned_stream_does_not_leak_into_the_next_reply(fake_engine: Proc
     events = list(fake_engine.generate(QUESTION, SamplingParams()))
     assert isinstance(events[0], PhaseChanged) and events[0].phase is Phase.PROMPT
     assert finished_of(events).reasoning == DEMO_REASONING
+    fake_engine.generate(QUESTION, SamplingParams())  # a stream never read at all
+    assert fake_engine.count_tokens("one two three") == 3
+    events = list(fake_engine.generate(QUESTION, SamplingParams()))
+    assert isinstance(events[0], PhaseChanged) and events[0].phase is Phase.PROMPT
+    assert finished_of(events).answer == DEMO_ANSWER
 
 
 def test_consensus_runs_in_the_host_and_streams_each_sample(fake_engine: ProcessEngine):
