@@ -104,8 +104,10 @@ class _Host:
                 os.close(fd)  # the child's ends; holding them would hide its death
         self.requests = Connection(request_write, readable=False)
         self.events = Connection(event_read, writable=False)
-        self.log_lines: deque[str] = deque(maxlen=50)
-        self.error_lines: deque[str] = deque(maxlen=20)
+        # The host's last lines, numbered, so that a failure is explained by its own request's.
+        self.log_lines: deque[tuple[int, str]] = deque(maxlen=50)
+        self._lines_read = 0
+        self._request_mark = 0
         self._log_reader = threading.Thread(
             target=self._read_log, args=(log_read,), name="engine-host-log", daemon=True
         )
@@ -119,6 +121,8 @@ class _Host:
         return self.process.poll() is None
 
     def send(self, *message: Any) -> None:
+        if message[0] not in wire.CONTROLS:
+            self._request_mark = self._lines_read
         self.requests.send_bytes(wire.dumps(message))
 
     def _read_log(self, fd: int) -> None:
@@ -127,27 +131,33 @@ class _Host:
                 line = raw.decode("utf-8", "replace").rstrip()
                 if not line.strip():
                     continue
-                self.log_lines.append(line)
-                if line.startswith(wire.LOG_ERROR_PREFIX):
-                    self.error_lines.append(line[len(wire.LOG_ERROR_PREFIX) :])
+                self.log_lines.append((self._lines_read, line))
+                self._lines_read += 1
 
     def wait_log(self) -> None:
         """After the host ended: let the log reader take the last lines it wrote."""
         self._log_reader.join(timeout=2.0)
 
+    def _request_lines(self) -> list[str]:
+        return [line for number, line in self.log_lines if number >= self._request_mark]
+
     def last_error(self) -> str | None:
-        """llama.cpp's last error line: the head of its last error report (the indented lines
-        after it are details), else ggml's abort message, else nothing."""
-        for line in reversed(self.error_lines):
-            if line and not line[0].isspace():
-                return line.strip()
-        for line in reversed(self.log_lines):
-            if _ABORT_LINE.match(line):
-                return line.strip()
-        return None
+        """llama.cpp's last error line in this request: the head of its last error report (the
+        indented lines after a head are details), else ggml's abort message, else nothing."""
+        abort_line: str | None = None
+        for distance, line in enumerate(reversed(self._request_lines())):
+            if line.startswith(wire.LOG_ERROR_PREFIX):
+                message = line[len(wire.LOG_ERROR_PREFIX) :]
+                if message and not message[0].isspace():
+                    return message.strip()
+            elif abort_line is None and _ABORT_LINE.match(line):
+                abort_line = line.strip()
+            if abort_line is not None and distance > 8:
+                break  # the abort's own report, if any, is just above it
+        return abort_line
 
     def gpu_memory_failure(self) -> bool:
-        recent = [*list(self.error_lines)[-6:], *list(self.log_lines)[-6:]]
+        recent = self._request_lines()[-8:]
         return any(word in line.lower() for line in recent for word in _GPU_MEMORY_WORDS)
 
     def stop(self, timeout: float) -> None:
