@@ -323,12 +323,18 @@ def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int], control: Generat
     reuse = min(reuse, len(tokens) - 1)  # the last prompt token must run to give logits
     if not backend.truncate_cache(llama, reuse):
         reuse = 0
-    try:
-        llama.eval(tokens[reuse:])
-    except RuntimeError as error:
+    # One batch at a time with Stop checked between them too: the abort callback acts only on
+    # the CPU backend's graph, and a fully offloaded model would otherwise read to the end.
+    new_tokens = tokens[reuse:]
+    for start in range(0, len(new_tokens), llama.n_batch):
         if control.cancel.is_set():
             return False
-        raise DecodeError(f"llama.cpp failed while reading the prompt ({error}).") from None
+        try:
+            llama.eval(new_tokens[start : start + llama.n_batch])
+        except RuntimeError as error:
+            if control.cancel.is_set():
+                return False
+            raise DecodeError(f"llama.cpp failed while reading the prompt ({error}).") from None
     return True
 
 
