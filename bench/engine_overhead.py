@@ -184,12 +184,12 @@ def hop_latency(model: Path, n_threads: int | None, runs: int) -> tuple[float, f
             for name, engine in (("local", local), ("host", remote))[:: 1 if run % 2 else -1]:
                 sampling = SamplingParams(seed=SEED + run, max_tokens=4)
                 start = time.perf_counter()
-                stream = engine.generate(PROMPT, sampling)
-                for event in stream:
-                    if isinstance(event, TextDelta | Finished):
-                        timings[name].append(time.perf_counter() - start)
-                        break
-                stream.close()  # type: ignore[attr-defined]
+                first: float | None = None
+                for event in engine.generate(PROMPT, sampling):  # read to the end, untimed
+                    if first is None and isinstance(event, TextDelta | Finished):
+                        first = time.perf_counter() - start
+                assert first is not None
+                timings[name].append(first)
     finally:
         local.close()
         remote.close()
@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model", type=Path, help="an existing GGUF instead of a fresh one")
     parser.add_argument("--latency-runs", type=int, default=30)
+    parser.add_argument("--latency-only", action="store_true", help="skip the long streams")
     args = parser.parse_args()
     # The engine host imports this module for its factory.
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -245,6 +246,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fathom-bench-") as scratch:
         model = args.model or build_model(Path(scratch), args.layers, args.hidden)
         local_ttft, host_ttft = hop_latency(model, args.threads, args.latency_runs)
+        if args.latency_only:
+            print(_latency_line(args.latency_runs, local_ttft, host_ttft))
+            return
         engine_s, engine = engine_stream(model, args.tokens, args.threads)
         prompt = engine.prompt_tokens(PROMPT)
         bare_s, llama = bare_stream(model, prompt, args.threads)
@@ -287,17 +291,21 @@ def main() -> None:
             pairs = zip(measured.block_rates(a, b), bare_s.block_rates(a, b), strict=False)
             paired = statistics.median(x / y for x, y in pairs)
             print(f"| {label} | {e:.1f} | {r:.1f} | {e / r:.3f} | {cpu_ratio:.3f} | {paired:.3f} |")
-    print(
-        f"\nTime to first text ({args.latency_runs} short replies each, median): in-process "
-        f"{local_ttft * 1000:.1f} ms, through the engine host {host_ttft * 1000:.1f} ms; "
-        f"the hop adds {(host_ttft - local_ttft) * 1000:.1f} ms."
-    )
+    print("\n" + _latency_line(args.latency_runs, local_ttft, host_ttft))
     per_token_ms = 1000 / bare_s.rate(0, args.tokens, cpu=True)
     print(
         f"\nThe engine's own per-token work (token_to_piece, UTF-8 decoding, reasoning split, "
         f"events), timed alone over {args.tokens:,} tokens: {bookkeeping_us:.1f} µs per token, "
         f"against {per_token_ms:.1f} ms of CPU per token for the bare decode loop "
         f"({bookkeeping_us / 10 / per_token_ms:.2f}%)."
+    )
+
+
+def _latency_line(runs: int, local_s: float, host_s: float) -> str:
+    return (
+        f"Time to first text ({runs} short replies each, median): in-process "
+        f"{local_s * 1000:.1f} ms, through the engine host {host_s * 1000:.1f} ms; "
+        f"the hop adds {(host_s - local_s) * 1000:.1f} ms."
     )
 
 

@@ -304,6 +304,8 @@ class ProcessEngine:
         except EngineCrashedError:
             pending.answered = True
             raise
+        finally:
+            self._drain(pending)  # closed early: stop the host now, not at the next request
 
     def _settle(self) -> None:
         """Before the next request: a reply left unread (a stream the caller dropped or never
@@ -314,6 +316,9 @@ class ProcessEngine:
             return
         if pending.stream is not None:
             pending.stream.close()
+        self._drain(pending)  # a stream never started, or a consensus left by an exception
+
+    def _drain(self, pending: _Pending) -> None:
         if pending.answered or not pending.host.alive():
             return
         pending.control.cancel.set()
@@ -322,6 +327,7 @@ class ProcessEngine:
                 pass
         except EngineCrashedError:
             pass  # the next request finds no engine and says so
+        pending.answered = True
 
     # -- the pipe --------------------------------------------------------------------------
 
