@@ -1,8 +1,8 @@
 """Stop while llama.cpp reads a long prompt: the reply ends within half a second, and the model
 stays usable (the prompt sent again gives the reply a model that was never stopped gives).
 
-The prompt is about 7,800 tokens on a tiny model with an 8k context, which takes seconds to read
-on a CPU; Stop comes well inside that.
+The prompt is about 15,600 tokens on a tiny model with a 16k context on one thread, which takes
+seconds to read on a CPU; Stop comes well inside that.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fathom_desktop.engine import LlamaEngine
+from fathom_desktop.engine import LlamaEngine, llama_backend
 from fathom_desktop.engine.process_engine import ProcessEngine
 from fathom_desktop.engine.types import (
     ChatEngine,
@@ -29,8 +29,9 @@ from fathom_desktop.engine.types import (
     StreamEvent,
 )
 
-N_CTX = 8192
-LONG_PROMPT = [ChatMessage("user", " ".join(f"word{i % 97} and" for i in range(2000)))]
+N_CTX = 16384
+N_THREADS = 1  # a prompt that takes seconds even on an idle machine
+LONG_PROMPT = [ChatMessage("user", " ".join(f"word{i % 97} and" for i in range(4000)))]
 GREEDY = SamplingParams(temperature=0.0, max_tokens=6)
 STOP_AFTER_S = 0.6  # into the prompt's evaluation
 STOP_WITHIN_S = 0.5
@@ -41,7 +42,7 @@ def reference_answer(wide_head_gguf: Path) -> tuple[str, str, float]:
     """The long prompt's greedy reply from a model that was never stopped, and how long the
     prompt took to read."""
     engine = LlamaEngine()
-    engine.load(LoadOptions(wide_head_gguf, n_ctx=N_CTX))
+    engine.load(LoadOptions(wide_head_gguf, n_ctx=N_CTX, n_threads=N_THREADS))
     try:
         started = time.perf_counter()
         finished = list(engine.generate(LONG_PROMPT, GREEDY))[-1]
@@ -94,7 +95,7 @@ def assert_stopped_then_usable(
 
 def test_stop_while_the_engine_reads_a_long_prompt(wide_head_gguf: Path, reference_answer):
     engine = LlamaEngine()
-    engine.load(LoadOptions(wide_head_gguf, n_ctx=N_CTX))
+    engine.load(LoadOptions(wide_head_gguf, n_ctx=N_CTX, n_threads=N_THREADS))
     try:
         assert_stopped_then_usable(engine, reference_answer)
     finally:
@@ -103,8 +104,23 @@ def test_stop_while_the_engine_reads_a_long_prompt(wide_head_gguf: Path, referen
 
 def test_stop_while_the_engine_host_reads_a_long_prompt(wide_head_gguf: Path, reference_answer):
     engine = ProcessEngine()
-    engine.load(LoadOptions(wide_head_gguf, n_ctx=N_CTX))
+    engine.load(LoadOptions(wide_head_gguf, n_ctx=N_CTX, n_threads=N_THREADS))
     try:
         assert_stopped_then_usable(engine, reference_answer)
     finally:
         engine.close()
+
+
+def test_the_abort_callback_stops_llama_cpp_inside_one_batch(engine: LlamaEngine):
+    """What lets Stop work when one batch of a big model takes longer than half a second."""
+    llama = engine._model.llama  # type: ignore[union-attr]
+    tokens = engine.prompt_tokens([ChatMessage("user", "word " * 300)])
+    assert len(tokens) < llama.n_batch  # one llama_decode call
+    llama_backend.truncate_cache(llama, 0)
+    stop = threading.Event()
+    stop.set()
+    with engine._model.prompt_abort.watching(stop), pytest.raises(RuntimeError):  # type: ignore[union-attr]
+        llama.eval(tokens)
+    assert llama.n_tokens == 0
+    llama.eval(tokens)  # outside `watching` the callback is gone, and the context still works
+    assert llama.n_tokens == len(tokens)
