@@ -165,8 +165,8 @@ def main() -> None:
 
 
 def fake_run(args: argparse.Namespace) -> None:
+    from fathom_desktop.engine.scripted import DEMO_MODEL_PATH, FakeEngine, FakeScript
     from fathom_desktop.engine.types import LoadOptions
-    from fathom_desktop.gui.fake_engine import DEMO_MODEL_PATH, FakeEngine, FakeScript
     from tests.serve.conftest import serve
 
     rate = None if args.fake_engine == "max" else float(args.fake_engine)

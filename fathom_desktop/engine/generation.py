@@ -2,6 +2,13 @@
 
 Each step costs the same at position 10 and at position 16,000: one sampled token, one
 token_to_piece, a few string operations on the newest text, one llama.cpp decode of one token.
+
+Token counts: every sampled token is counted once, in the section (reasoning or answer) the
+splitter puts it in, and travels on the deltas (`TextDelta.tokens`), so the deltas of each kind add
+up to `GenerationStats.reasoning_tokens` / `answer_tokens` exactly. The reasoning closer that the
+thinking budget or "answer now" forces in ("\n</think>\n\n") is not sampled and counts in neither:
+the two counts are the model's own output, the quantities `max_tokens` and the thinking budget
+limit. (Its few tokens do sit in the KV cache; `LlamaEngine.n_past` includes them.)
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class ReplySetup:
 class _Texts:
     reasoning: list[str] = field(default_factory=list)
     answer: list[str] = field(default_factory=list)
+    # Sums of the deltas' token counts, so the stats equal what the stream reported.
     reasoning_tokens: int = 0
     answer_tokens: int = 0
 
@@ -107,7 +115,7 @@ class Reply:
 
     def _decode(self) -> Iterator[StreamEvent]:
         setup, sampling, control = self._setup, self._sampling, self._control
-        llama, texts = setup.llama, self._texts
+        llama = setup.llama
         sampled = 0
         while True:
             if control.cancel.is_set():
@@ -122,12 +130,7 @@ class Reply:
                 self.first_token_at = time.perf_counter()
             if setup.stop_at_end_of_generation and backend.is_end_of_generation(setup.vocab, token):
                 return FinishReason.STOP
-            was_reasoning = self._splitter.phase is DeltaKind.REASONING
-            yield from self._show(self._detokenizer.push(token))
-            if was_reasoning or self._splitter.phase is DeltaKind.REASONING:
-                texts.reasoning_tokens += 1
-            else:
-                texts.answer_tokens += 1
+            yield from self._show(self._detokenizer.push(token), tokens=1)
             batch = [token]
             if self._should_close_reasoning():
                 # Close the reasoning in place: the KV cache keeps everything so far.
@@ -145,14 +148,15 @@ class Reply:
         if self.closed_early or self._splitter.phase is not DeltaKind.REASONING:
             return False
         budget = self._sampling.thinking_budget
+        # The splitter's count includes tokens whose text it still holds back.
         asked = self._control.answer_now.is_set() or (
-            budget is not None and self._texts.reasoning_tokens >= budget
+            budget is not None and self._splitter.tokens(DeltaKind.REASONING) >= budget
         )
         room = self._setup.llama.n_tokens + 1 + len(self._setup.closer_tokens) < self._setup.n_ctx
         return asked and room
 
-    def _show(self, text: str, *, final: bool = False) -> Iterator[StreamEvent]:
-        deltas = self._splitter.feed(text)
+    def _show(self, text: str, *, tokens: int = 0, final: bool = False) -> Iterator[StreamEvent]:
+        deltas = self._splitter.feed(text, tokens)
         if final:
             deltas += self._splitter.finish()
         for delta in deltas:
@@ -161,8 +165,10 @@ class Reply:
                 yield PhaseChanged(Phase(delta.kind.value))
             if delta.kind is DeltaKind.REASONING:
                 self._texts.reasoning.append(delta.text)
+                self._texts.reasoning_tokens += delta.tokens
             else:
                 self._texts.answer.append(delta.text)
+                self._texts.answer_tokens += delta.tokens
             yield delta
         yield from self._announce()
 

@@ -11,8 +11,12 @@ import ctypes
 import logging
 import os
 import re
+import threading
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fathom_desktop.engine.native import llama_cpp
 from fathom_desktop.engine.types import SamplingParams
@@ -43,6 +47,11 @@ class _LogCapture:
 
     def install(self) -> None:
         llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+        # llama_log_set covers llama.cpp's own lines only; ggml's (a CUDA error, the line before
+        # an abort) go to stderr unless ggml's logger is set too.
+        ggml_base = _ggml_base_library()
+        if ggml_base is not None:
+            ggml_base.ggml_log_set(self._callback, ctypes.c_void_p(0))
 
     def _on_log(self, level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         if level == _GGML_LOG_CONT:
@@ -63,6 +72,20 @@ class _LogCapture:
         """Error lines logged after `mark` (as many as are still kept)."""
         new = min(self._n_errors - mark, len(self.errors))
         return list(self.errors)[len(self.errors) - new :] if new else []
+
+
+def _ggml_base_library() -> ctypes.CDLL | None:
+    """ggml's base library as llama-cpp-python loaded it (None if it is not beside it)."""
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    for path in sorted(lib_dir.glob("libggml-base.*")):
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        library.ggml_log_set.argtypes = [llama_cpp.llama_log_callback, ctypes.c_void_p]
+        library.ggml_log_set.restype = None
+        return library
+    return None
 
 
 LOG = _LogCapture()
@@ -228,6 +251,39 @@ def truncate_cache(llama: llama_cpp.Llama, keep: int) -> bool:
     llama_cpp.llama_memory_clear(memory, True)
     llama.n_tokens = 0
     return False
+
+
+class PromptAbort:
+    """llama.cpp's abort callback on one context: `llama_decode` stops between graph computations
+    once the watched event is set, and returns "aborted" (Llama.eval raises RuntimeError).
+
+    Watched only while a prompt is read: the callback runs on every graph node, a Python call
+    each, which costs nothing beside a 512-token batch but would slow one-token decoding, where
+    the engine checks Stop between tokens anyway. After an abort the positions of the unfinished
+    batch are gone from the KV cache and Llama.n_tokens counts only the finished ones, so the
+    next prompt reuses what was read and evaluates the rest.
+    """
+
+    def __init__(self, llama: llama_cpp.Llama) -> None:
+        self._llama = llama
+        self._event: threading.Event | None = None
+        self._callback = llama_cpp.ggml_abort_callback(self._should_abort)  # kept alive here
+
+    def _should_abort(self, _data: ctypes.c_void_p) -> bool:
+        event = self._event
+        return event is not None and event.is_set()
+
+    @contextmanager
+    def watching(self, event: threading.Event) -> Iterator[None]:
+        self._event = event
+        llama_cpp.llama_set_abort_callback(self._llama.ctx, self._callback, None)
+        try:
+            yield
+        finally:
+            llama_cpp.llama_set_abort_callback(
+                self._llama.ctx, ctypes.cast(None, llama_cpp.ggml_abort_callback), None
+            )
+            self._event = None
 
 
 @dataclass(frozen=True)

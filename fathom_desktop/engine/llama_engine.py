@@ -66,6 +66,7 @@ class _Loaded:
     bos: int
     add_bos: bool
     setup: ReplySetup
+    prompt_abort: backend.PromptAbort
 
 
 class LlamaEngine:
@@ -340,7 +341,8 @@ class LlamaEngine:
                 yield ContextTrimmed(dropped_messages=dropped)
             yield PhaseChanged(Phase.PROMPT, prompt_tokens=len(tokens))
             backend.reset_perf(llama)
-            _evaluate_prompt(llama, tokens)
+            with model.prompt_abort.watching(control.cancel):
+                read = _evaluate_prompt(llama, tokens, control)
             prompt_perf = backend.read_perf(llama)
             reply = Reply(
                 model.setup,
@@ -356,8 +358,12 @@ class LlamaEngine:
                     sampler,
                     DeltaKind.REASONING if starts_in_reasoning else DeltaKind.ANSWER,
                 )
-            events = reply.events() if seam is None else seam.events(reply.events())
-            finish = yield from events
+            # Stop while the prompt was read ends the reply before its first token.
+            if read:
+                events = reply.events() if seam is None else seam.events(reply.events())
+                finish = yield from events
+            else:
+                finish = FinishReason.CANCELLED
             finished = reply.finished(
                 finish,
                 prompt_tokens=len(tokens),
@@ -442,8 +448,9 @@ class _Seam:
         return finished
 
 
-def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int]) -> None:
-    """Evaluate the prompt, reusing the longest cached prefix (at least one token is new)."""
+def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int], control: GenerationControl) -> bool:
+    """Evaluate the prompt, reusing the longest cached prefix (at least one token is new);
+    False when Stop aborted it."""
     cached = llama.input_ids[: llama.n_tokens].tolist()
     reuse = 0
     for cached_token, token in zip(cached, tokens, strict=False):
@@ -453,10 +460,19 @@ def _evaluate_prompt(llama: llama_cpp.Llama, tokens: list[int]) -> None:
     reuse = min(reuse, len(tokens) - 1)  # the last prompt token must run to give logits
     if not backend.truncate_cache(llama, reuse):
         reuse = 0
-    try:
-        llama.eval(tokens[reuse:])
-    except RuntimeError as error:
-        raise DecodeError(f"llama.cpp failed while reading the prompt ({error}).") from None
+    # One batch at a time with Stop checked between them too: the abort callback acts only on
+    # the CPU backend's graph, and a fully offloaded model would otherwise read to the end.
+    new_tokens = tokens[reuse:]
+    for start in range(0, len(new_tokens), llama.n_batch):
+        if control.cancel.is_set():
+            return False
+        try:
+            llama.eval(new_tokens[start : start + llama.n_batch])
+        except RuntimeError as error:
+            if control.cancel.is_set():
+                return False
+            raise DecodeError(f"llama.cpp failed while reading the prompt ({error}).") from None
+    return True
 
 
 def _valid_text(text: str) -> str:
@@ -626,6 +642,7 @@ def _prepare(
         bos=bos,
         add_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
         setup=setup,
+        prompt_abort=backend.PromptAbort(llama),
     )
 
 

@@ -4,6 +4,13 @@ Text arrives in arbitrary pieces (one token may be half a tag, or hold a tag and
 word), so the splitter holds back only what it cannot classify yet: a possible partial tag, and the
 whitespace that might turn out to surround a tag. Whatever the chunking, the concatenated output is
 the same; the property tests in tests/engine/test_reasoning.py check exactly that.
+
+The splitter also carries the engine's token counts: each piece of text is fed with the number of
+tokens it came from, those tokens belong to the section the text was fed into (a legacy reply's
+tokens before it shows its hand belong to the section it turns out to open), and every delta
+carries the tokens fed since the previous delta of its kind. Tokens whose text never shows (the
+`</think>` tag, the whitespace around it) ride on the next delta of their section, or on a delta
+with no text when the section ends, so the deltas of each kind always add up to the tokens fed.
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ class ReasoningSplitter:
         self._pending = ""
         # Leading whitespace of a section is dropped until its first visible character.
         self._at_section_start = True
+        # Tokens of a legacy reply fed before it showed whether it reasons.
+        self._undecided_tokens = 0
+        self._unreported = {DeltaKind.REASONING: 0, DeltaKind.ANSWER: 0}
+        self._counted = {DeltaKind.REASONING: 0, DeltaKind.ANSWER: 0}
 
     @property
     def phase(self) -> DeltaKind | None:
@@ -61,7 +72,17 @@ class ReasoningSplitter:
             return DeltaKind.ANSWER
         return None
 
-    def feed(self, text: str) -> list[TextDelta]:
+    def tokens(self, kind: DeltaKind) -> int:
+        """Tokens fed so far that belong to `kind`, whether or not a delta carried them yet."""
+        return self._counted[kind]
+
+    def feed(self, text: str, tokens: int = 0) -> list[TextDelta]:
+        """Text decoded from `tokens` tokens (0: a caller that does not count tokens)."""
+        phase = self.phase
+        if phase is None:
+            self._undecided_tokens += tokens
+        else:
+            self._count(phase, tokens)
         if not text:
             return []
         self._pending += text
@@ -69,11 +90,22 @@ class ReasoningSplitter:
 
     def finish(self) -> list[TextDelta]:
         """Flush what was held back; the stream has ended."""
-        return self._drain(final=True)
+        out = self._drain(final=True)
+        for kind in DeltaKind:
+            self._emit(out, kind, "", carry_tokens=True)
+        return out
+
+    def _count(self, kind: DeltaKind, tokens: int) -> None:
+        self._unreported[kind] += tokens
+        self._counted[kind] += tokens
 
     def _enter(self, state: _State) -> None:
         self._state = state
         self._at_section_start = True
+        phase = self.phase
+        if phase is not None and self._undecided_tokens:
+            self._count(phase, self._undecided_tokens)
+            self._undecided_tokens = 0
 
     def _drain(self, *, final: bool) -> list[TextDelta]:
         out: list[TextDelta] = []
@@ -113,7 +145,8 @@ class ReasoningSplitter:
             self._at_section_start = False
         close = self._pending.find(THINK_CLOSE)
         if close >= 0:
-            self._emit(out, DeltaKind.REASONING, self._pending[:close].rstrip())
+            # The section ends here: its last tokens (the tag's own) go out even without text.
+            self._emit(out, DeltaKind.REASONING, self._pending[:close].rstrip(), carry_tokens=True)
             self._pending = self._pending[close + len(THINK_CLOSE) :]
             self._enter(_State.ANSWER)
             return True
@@ -137,10 +170,15 @@ class ReasoningSplitter:
         self._emit(out, DeltaKind.ANSWER, self._pending)
         self._pending = ""
 
-    @staticmethod
-    def _emit(out: list[TextDelta], kind: DeltaKind, text: str) -> None:
-        if text:
-            out.append(TextDelta(kind, text))
+    def _emit(
+        self, out: list[TextDelta], kind: DeltaKind, text: str, *, carry_tokens: bool = False
+    ) -> None:
+        """Append a delta with the tokens not yet reported for `kind`; an empty one only when
+        `carry_tokens` and there are tokens to carry."""
+        tokens = self._unreported[kind]
+        if text or (carry_tokens and tokens):
+            out.append(TextDelta(kind, text, tokens=tokens))
+            self._unreported[kind] = 0
 
 
 def split_reasoning(text: str, *, starts_in_reasoning: bool) -> tuple[str, str]:

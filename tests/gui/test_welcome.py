@@ -33,7 +33,8 @@ def test_a_clicked_example_waits_in_the_message_box(make_window, qtbot) -> None:
     assert window.composer.text() == FATHOM_PROMPTS[1]
     assert window.composer.edit.hasFocus()
     # Nothing was sent: no conversation, no message, the welcome still shown.
-    assert window.session.conversation_id is None and window.session.history.list_conversations() == []
+    assert window.session.conversation_id is None
+    assert window.session.history.list_conversations() == []
     assert window.chat.items() == [] and window.chat.welcome.isVisible()
 
 
