@@ -54,10 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _real_engine():
-    from fathom_desktop.engine import LlamaEngine  # the only road to llama_cpp
+def _engine_host():
+    """The engine the window uses: llama.cpp in a child process, so that a crash in it (a CUDA
+    error, GPU memory running out mid-reply, a bad kernel) ends that process and not the window
+    with the user's conversation on screen. The child starts in the background right away."""
+    from fathom_desktop.engine.process_engine import ProcessEngine
 
-    return LlamaEngine()
+    return ProcessEngine()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +119,13 @@ def _run_app(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     _apply_theme(str(store.get("theme")))
 
-    engine_factory = (lambda: FakeEngine(tokens_per_s=60.0)) if args.fake_engine else _real_engine
+    if args.fake_engine:
+        engine_factory = lambda: FakeEngine(tokens_per_s=60.0)  # noqa: E731
+    else:
+        # Started now, so the child's start-up overlaps the window's; every load reuses it (after
+        # a crash or a close, its next load starts a fresh child).
+        engine = _engine_host()
+        engine_factory = lambda: engine  # noqa: E731
     window = MainWindow(engine_factory, store, history)
     for warning in store.warnings:
         window.show_banner(warning)

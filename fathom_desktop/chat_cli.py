@@ -303,6 +303,9 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from fathom_desktop.engine import LlamaEngine
 
+        # In-process, unlike the window's engine host: a terminal chat has no conversation on
+        # screen for a crash to take with it, and one process keeps Ctrl-C, the exit status and
+        # llama.cpp's own messages where a terminal user expects them.
         engine = LlamaEngine()
     try:
         report = engine.load(None if args.server else _load_options(args))

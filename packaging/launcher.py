@@ -2,9 +2,9 @@
 
 Frozen, `sys.executable` is this launcher, not a Python interpreter. Code that starts a helper
 process with `sys.executable` must still work, so the launcher understands the two forms the app
-uses: multiprocessing's spawn children (handled by `freeze_support`) and the quantizer's
-`python -c <code> <request>` child (handled here, for that exact code only: the package is not a
-general-purpose interpreter).
+uses: multiprocessing's spawn children (handled by `freeze_support`), and the `python -c <code>
+<arguments>` children of the quantizer and of the engine host (handled here, for those exact codes
+only: the package is not a general-purpose interpreter).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ def _run_helper_child(argv: list[str]) -> bool:
     """Run a `-c` helper child in this process if argv asks for one we know; False otherwise."""
     if len(argv) < 3 or argv[1] != "-c":
         return False
-    from convert.quantize import _CHILD_CODE
+    from convert.quantize import _CHILD_CODE as QUANTIZER
+    from fathom_desktop.engine.host import CHILD_CODE as ENGINE_HOST
 
-    if argv[2] != _CHILD_CODE:
+    code = argv[2]
+    if code not in (QUANTIZER, ENGINE_HOST):
         return False
     # As `python -c`: sys.argv[0] is "-c" and the arguments follow.
     sys.argv = ["-c", *argv[3:]]
-    exec(compile(_CHILD_CODE, "<fathom-desktop -c>", "exec"), {"__name__": "__main__"})
+    exec(compile(code, "<fathom-desktop -c>", "exec"), {"__name__": "__main__"})
     return True
 
 

@@ -18,15 +18,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from convert.llama_log import LogLevel
 from fathom_desktop.engine.native import llama_cpp
 from fathom_desktop.engine.types import SamplingParams
 
 logger = logging.getLogger("fathom_desktop.engine.llama_cpp")
 
-# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line).
-# (llama-cpp-python's _logger.py still documents an older numbering.)
-_GGML_LOG_ERROR = 4
-_GGML_LOG_CONT = 5
+# One definition of llama.cpp's log levels for the engine and the converter (convert/llama_log.py).
+_GGML_LOG_ERROR = LogLevel.ERROR
+_GGML_LOG_CONT = LogLevel.CONT
 
 
 class _LogCapture:

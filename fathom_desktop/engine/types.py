@@ -71,7 +71,7 @@ class DeltaKind(StrEnum):
 
 
 class Phase(StrEnum):
-    PROMPT = "prompt"  # llama.cpp is evaluating the prompt; this cannot be interrupted
+    PROMPT = "prompt"  # llama.cpp is evaluating the prompt (Stop ends it between graph steps)
     REASONING = "reasoning"
     ANSWER = "answer"
 

@@ -13,6 +13,7 @@ _FINISH_WORDS = {
     FinishReason.LENGTH: "stopped at the token limit",
     FinishReason.CONTEXT: "the context window is full",
     FinishReason.CANCELLED: "stopped",
+    FinishReason.INTERRUPTED: "the server's stream was cut off",
 }
 _STATUS_WORDS = {
     MessageStatus.STOPPED: "stopped",

@@ -98,11 +98,6 @@ def test_the_windows_final_token_counts_are_the_engines(
     assert window.speed_label.text() == f"{stats['decode_tokens_per_s']:.1f} tok/s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine's TextDelta.tokens are still 0: engine/generation.py does not yet count "
-    "the tokens behind each delta",
-)
 def test_the_windows_live_token_counts_add_up_to_the_engines_stats(
     make_window,  # noqa: F811
     qtbot,
