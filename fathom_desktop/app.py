@@ -222,12 +222,15 @@ def start_model(window, store, model: Path | None, *, fake_engine: bool = False)
 
 
 def require_llama() -> None:
-    """Load llama.cpp's library, or raise BackendUnavailableError with the reason and the fix.
+    """Raise BackendUnavailableError, with the reason and the fix, when llama.cpp's library does
+    not load here. Asked of a child process (the window's process never loads llama.cpp), off
+    the GUI thread."""
+    from fathom_desktop.engine.backend_probe import backend_facts
+    from fathom_desktop.engine.errors import BackendUnavailableError
 
-    Called off the GUI thread (the import takes a few tenths of a second); it also warms the
-    library up for the model load that follows.
-    """
-    import fathom_desktop.engine.native  # noqa: F401
+    problem = backend_facts().problem
+    if problem is not None:
+        raise BackendUnavailableError(problem)
 
 
 def demo_load_options(store, model: Path):

@@ -48,21 +48,16 @@ class Versions:
 
 
 def _llama() -> tuple[str, Backend, str]:
-    from fathom_desktop.engine.errors import BackendUnavailableError
+    # Asked of a child process: the About dialog must not load llama.cpp into the window's.
+    from fathom_desktop.engine.backend_probe import backend_facts
 
-    try:
-        from fathom_desktop.engine import llama_backend
-    except BackendUnavailableError as error:  # the library is there but will not load
-        return "?", Backend.UNAVAILABLE, str(error)
-    except ImportError as error:  # llama-cpp-python itself is not installed
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return "?", Backend.UNAVAILABLE, reason
-    from fathom_desktop.engine.gpu_support import current_build
-
+    facts = backend_facts()
+    if facts.problem is not None:
+        return "?", Backend.UNAVAILABLE, facts.problem
     # What the library was built for, not whether a GPU answered: a CUDA build on a machine
     # whose CUDA did not start is still the CUDA build (and its details say why it runs on CPU).
-    backend = Backend.CUDA if current_build().is_cuda else Backend.CPU
-    return llama_backend.library_version(), backend, llama_backend.system_info()
+    backend = Backend.CUDA if facts.build.is_cuda else Backend.CPU
+    return facts.version, backend, facts.system_info
 
 
 def _qt() -> tuple[str, str]:

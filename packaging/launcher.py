@@ -18,10 +18,11 @@ def _run_helper_child(argv: list[str]) -> bool:
     if len(argv) < 3 or argv[1] != "-c":
         return False
     from convert.quantize import _CHILD_CODE as QUANTIZER
+    from fathom_desktop.engine.backend_probe import PROBE_CODE as BACKEND_PROBE
     from fathom_desktop.engine.host import CHILD_CODE as ENGINE_HOST
 
     code = argv[2]
-    if code not in (QUANTIZER, ENGINE_HOST):
+    if code not in (QUANTIZER, ENGINE_HOST, BACKEND_PROBE):
         return False
     # As `python -c`: sys.argv[0] is "-c" and the arguments follow.
     sys.argv = ["-c", *argv[3:]]

@@ -21,7 +21,8 @@ import gguf
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeWidget, QTreeWidgetItem
 
-from fathom_desktop.engine import gpu_support, planner
+from fathom_desktop.engine import planner
+from fathom_desktop.engine.backend_probe import backend_facts
 from fathom_desktop.engine.errors import ModelFileError
 from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
 from fathom_desktop.engine.planner import GpuInfo
@@ -188,7 +189,8 @@ def probe_gpu() -> GpuInfo | None:
         gpu = planner.detect_gpu()
         if gpu is None:
             return None
-        return dataclasses.replace(gpu, problem=gpu_support.usability_problem(gpu))
+        # The build's facts come from a child process: llama.cpp never loads in the window's.
+        return dataclasses.replace(gpu, problem=backend_facts().gpu_problem(gpu))
     except Exception:
         return None
 

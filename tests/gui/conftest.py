@@ -87,3 +87,13 @@ def screenshot(widget, artifacts: Path, name: str) -> Path:
     path = artifacts / f"{name}.png"
     assert widget.grab().save(str(path)), f"could not save {path}"
     return path
+
+
+def cuda_backend(monkeypatch, archs: tuple[int, ...] = (890,)) -> None:
+    """Make the window see a CUDA build of llama.cpp that can use a modern GPU (this machine's own
+    build is the CPU one); the window asks a child process, so the answer is stood in for."""
+    from fathom_desktop.engine.backend_probe import BackendFacts
+    from fathom_desktop.gui import model_list
+
+    facts = BackendFacts(None, version="test", archs=archs, runtime_version=13000, gpu_offload=True)
+    monkeypatch.setattr(model_list, "backend_facts", lambda: facts)

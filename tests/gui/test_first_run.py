@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fathom_desktop import paths
-from fathom_desktop.engine import gpu_support, planner
+from fathom_desktop.engine import planner
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.gui import first_run_steps
 from fathom_desktop.gui.first_run import FirstRunDialog, Page
@@ -26,6 +26,7 @@ from fathom_desktop.gui.first_run_steps import (
 )
 from fathom_desktop.gui.model_list import human_size
 from tests.convert.fake_hub import REPO, FakeHub, needed_bytes, repo_files, serve_fake_hub
+from tests.gui.conftest import cuda_backend
 from tests.gui.test_settings_dialog import write_model_header
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -39,7 +40,7 @@ def fathom_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(paths.HOME_ENV_VAR, str(tmp_path / "home"))
     monkeypatch.setattr(planner, "detect_gpu", lambda: FAKE_GPU)
     # A CUDA build that supports it; this machine's own llama.cpp is the CPU build.
-    monkeypatch.setattr(gpu_support, "usability_problem", lambda _gpu: None)
+    cuda_backend(monkeypatch)
     return tmp_path / "home"
 
 

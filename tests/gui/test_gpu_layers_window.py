@@ -9,6 +9,7 @@ import pytest
 from fathom_desktop.engine import LlamaEngine, gpu_support, llama_backend, llama_engine
 from fathom_desktop.engine.gpu_support import CudaBuild
 from fathom_desktop.engine.planner import GpuInfo, plan_offload
+from tests.gui.conftest import cuda_backend
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def cuda_build(monkeypatch: pytest.MonkeyPatch) -> GpuInfo:
     monkeypatch.setattr(llama_backend, "gpu_offload_supported", lambda: True)
     monkeypatch.setattr(gpu_support, "current_build", lambda: CudaBuild((890,), 13000))
     monkeypatch.setattr(llama_engine, "detect_gpu", lambda: gpu)
-    monkeypatch.setattr(gpu_support, "usability_problem", lambda _gpu: None)
+    cuda_backend(monkeypatch)
     return gpu
 
 

@@ -14,13 +14,13 @@ import pytest
 from PySide6.QtWidgets import QComboBox, QDialogButtonBox, QSpinBox
 
 from fathom_desktop import paths
-from fathom_desktop.engine import gpu_support, llama_backend, planner
-from fathom_desktop.engine.gpu_support import CudaBuild
+from fathom_desktop.engine import llama_backend, planner
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.engine.types import FATHOM_EVAL_INSTRUCTION, LoadOptions
 from fathom_desktop.gui import model_list
 from fathom_desktop.gui.settings_dialog import SettingsDialog, apply_theme
 from fathom_desktop.settings import SettingsStore, describe_preset
+from tests.gui.conftest import cuda_backend
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 FAKE_GPU = GpuInfo(name="Fake RTX 4060", total_bytes=8 * 2**30, free_bytes=int(7.6 * 2**30))
@@ -111,7 +111,7 @@ def fathom_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> GpuInfo:
     monkeypatch.setattr(planner, "detect_gpu", lambda: FAKE_GPU)
     # A CUDA build that supports it; this machine's own llama.cpp is the CPU build.
-    monkeypatch.setattr(gpu_support, "usability_problem", lambda _gpu: None)
+    cuda_backend(monkeypatch)
     return FAKE_GPU
 
 
@@ -264,7 +264,7 @@ def test_a_gpu_this_llama_cpp_cannot_use_is_named_and_nothing_promises_it(
         "detect_gpu",
         lambda: GpuInfo("NVIDIA GeForce GTX 1080", 8 * 2**30, 7 * 2**30, (6, 1), 13000),
     )
-    monkeypatch.setattr(gpu_support, "current_build", lambda: CudaBuild((750, 860), 13000))
+    cuda_backend(monkeypatch, archs=(750, 860))
     dialog = _open(qtbot, SettingsStore.load())
     assert "compute capability 6.1) is older than this build supports" in dialog.gpu_label.text()
     assert {row[2] for row in _rows(dialog).values()} == {"CPU only"}
@@ -484,7 +484,7 @@ def test_a_slow_disk_or_driver_never_blocks_the_dialog(
 
     monkeypatch.setattr(model_list, "check_model_file", slow_check)
     monkeypatch.setattr(planner, "detect_gpu", slow_gpu)
-    monkeypatch.setattr(gpu_support, "usability_problem", lambda _gpu: None)
+    cuda_backend(monkeypatch)
     store = SettingsStore.load()
     dialog = SettingsDialog(store)  # returns while every read is still hanging
     qtbot.addWidget(dialog)
