@@ -55,6 +55,8 @@ SYNC_PARSE_MARKS = 60
 _MARKS = "[]*_`!<"
 # Characters of an answer handed to the splitter at a time (an answer opened from history).
 FEED_CHARS = 16_000
+# Most of the unrendered rest shown as plain text: Qt lays out a paragraph whole on each change.
+MAX_TAIL_CHARS = 8_000
 
 
 class AutoHeightText(QTextEdit):
@@ -105,6 +107,16 @@ class _SliceClock:
 
 _clock = _SliceClock()
 _markdown_lane: BackgroundLane | None = None
+_parse_document: SafeDocument | None = None
+
+
+def _parsed_html(body: str) -> QTextDocument:
+    """`body` as a document (reused: making one costs more than parsing a piece)."""
+    global _parse_document
+    if _parse_document is None:
+        _parse_document = SafeDocument()
+    _parse_document.setHtml(body)
+    return _parse_document
 
 
 def _lane() -> BackgroundLane:
@@ -157,6 +169,7 @@ class AnswerView(AutoHeightText):
         self._pending: deque[_Pending] = deque()
         self._rendered_upto = 0  # characters of `source` shown rendered
         self._tail_start = -1  # document position of the plain, unrendered tail; -1: none
+        self._tail_end = 0  # characters of `source` the tail shows up to
         self._tail_rebuilt = False
         self._streamed = False  # some of it arrived by append_stream (a tail is shown)
         self._closed = False
@@ -169,9 +182,13 @@ class AnswerView(AutoHeightText):
         self._streamed = True
         self.source += text
         self._tail_rebuilt = False
+        shown_up_to = len(self.source) - len(text)
         self._pump()
         if not self._tail_rebuilt:
-            self._append_tail(text)
+            if self._tail_start < 0:
+                self._tail_end = self._rendered_upto
+            if self._tail_end == shown_up_to:  # else the tail is cut short: it shows later
+                self._append_tail(text)
 
     def render_source(self, source: str | None = None) -> None:
         """The answer is complete (the model finished, or it came from history): render what
@@ -186,7 +203,12 @@ class AnswerView(AutoHeightText):
             self._start_over(source)
         self.source = source
         self._finished = True
-        self._pump()
+        if self._streamed:
+            # What is left of a streamed answer is at most a piece or two: finishing it at once
+            # (in a budget of its own) shows the whole answer rendered when the reply ends.
+            self._pump(time.perf_counter() + SLICE_BUDGET_S)
+        else:
+            self._pump()
 
     def is_rendered(self) -> bool:
         """Every piece of a complete answer is in the document (formula images may be due)."""
@@ -194,19 +216,17 @@ class AnswerView(AutoHeightText):
 
     def is_busy(self) -> bool:
         """Pieces that have settled are still waiting to be shown."""
-        return bool(self._pending) or self._timer.isActive() or (
-            self._fed < len(self.source)
-        )
+        return bool(self._pending) or self._timer.isActive() or (self._fed < len(self.source))
 
     def plain_text(self) -> str:
         return answer_to_text(self.source)
 
     # -- the work loop ------------------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def _pump(self, deadline: float | None = None) -> None:
         if not shiboken6.isValid(self):
             return
-        while _clock.left():
+        while _clock.left() if deadline is None else time.perf_counter() < deadline:
             if self._fed < len(self.source):
                 chunk = self.source[self._fed : self._fed + FEED_CHARS]
                 self._fed += len(chunk)
@@ -294,8 +314,7 @@ class AnswerView(AutoHeightText):
                 # A fresh block, not a copy of the last one (which may be a list item or centred).
                 cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
             start = cursor.position()
-            parsed = SafeDocument()
-            parsed.setHtml(rendered.html)
+            parsed = _parsed_html(rendered.html)
             cursor.insertFragment(QTextDocumentFragment(parsed))
             start = self._fix_first_inserted_block(start, parsed)
             if rendered.formulas:
@@ -360,10 +379,12 @@ class AnswerView(AutoHeightText):
                 cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
             self._tail_start = cursor.position()
         cursor.insertText(text, QTextCharFormat())
+        self._tail_end += len(text)
 
     def _show_tail(self) -> None:
         self._tail_rebuilt = True
-        self._append_tail(self.source[self._rendered_upto :])
+        self._tail_end = self._rendered_upto
+        self._append_tail(self.source[self._rendered_upto : self._rendered_upto + MAX_TAIL_CHARS])
 
     def _remove_tail(self) -> None:
         if self._tail_start < 0:

@@ -143,6 +143,10 @@ class FormulaImages:
         self._cache.move_to_end(key)
         return self._cache[key]
 
+    def pending(self) -> int:
+        """Formulas asked for and not laid out yet."""
+        return len(self._waiting)
+
     def request(
         self, key: FormulaKey, ticket: Ticket, deliver: Callable[[MathImage | None], None]
     ) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPalette, QTextDocument
+from PySide6.QtGui import QColor, QImage, QPainter, QTextDocument
 
 from fathom_desktop.render import SafeDocument, answer_to_text, split_answer, tex_to_text
 from fathom_desktop.render.markdown import MathSpan, to_html
@@ -138,7 +138,9 @@ def test_formulas_arrive_as_images_and_bad_tex_stays_source(qtbot):
         "\\(x^\\)",
         "\\(\\boxed{7}\\)",
     ]
-    qtbot.waitUntil(lambda: view.formulas - view.unrendered == sum(d for _, d in formula_objects(view)))
+    qtbot.waitUntil(
+        lambda: view.formulas - view.unrendered == sum(d for _, d in formula_objects(view))
+    )
     assert formula_objects(view) == [
         ("\\(\\frac{1}{2}\\)", True),
         ("\\(x^\\)", False),  # ziamath cannot parse it: its source stays
@@ -249,4 +251,8 @@ def test_paragraphs_inside_an_open_code_fence_wait_for_the_fence():
     settled = splitter.feed("```\n\nAfter")
     assert [piece.text for piece in settled] == ["```\ncode\n\nmore code\n```\n\n"]
     assert [piece.text for piece in splitter.finish()] == ["After"]
-    assert [p.text for p in split_answer("a\n\n- b\n\n  c\n\nd")] == ["a\n\n", "- b\n\n  c\n\n", "d"]
+    assert [p.text for p in split_answer("a\n\n- b\n\n  c\n\nd")] == [
+        "a\n\n",
+        "- b\n\n  c\n\n",
+        "d",
+    ]
