@@ -35,51 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
+from tests.gui.hostile_answers import ENDING, corpus  # noqa: E402
+
 TICK_MS = 5
 STALL_TARGET_MS = 50.0
 TOKENS_PER_S = 500.0
 TOKEN_CHARS = 4
 BATCH_MS = 40
-ENDING = "\n\nAfter all that, the answer is \\boxed{42}."
-
-
-def _nested(opener: str, inner: str, closer: str, depth: int) -> str:
-    return opener * depth + inner + closer * depth
-
-
-def _paragraphs(total: int) -> str:
-    line = "so the sum of the first odd numbers is a square, as checked for small n\n"
-    block = line * 4 + "\n"
-    return (block * (total // len(block) + 1))[:total]
-
-
-def corpus() -> dict[str, str]:
-    cfrac_131 = _nested("\\cfrac{1}{1+", "x", "}", 10)
-    frac_157 = _nested("\\frac{1}{1+", "x", "}", 13)
-    assert len(cfrac_131) == 131 and len(frac_157) == 157
-    size = 59_000
-    cfrac_11 = _nested("\\cfrac{1}{2+", "x", "}", 11)
-    sqrt_12 = _nested("\\sqrt{", "x_1^2", "}", 12)
-    return {
-        "continued fraction, 131 chars": f"Consider $${cfrac_131}$$",
-        "nested \\frac, 157 chars": f"Consider \\({frac_157}\\)",
-        "x^{x^{...}} 15 deep": f"Consider ${_nested('x^{', 'x', '}', 15)}$",
-        "\\cfrac 11 levels": f"Consider $${cfrac_11}$$",
-        "\\sqrt 12 deep, scripts": f"Consider ${sqrt_12}$",
-        "\\boxed{ x 5000": "\\boxed{" * 5000,
-        "$1 x 5000": "$1" * 5000,
-        "1 MB line": ("word " * 200_000)[:1_000_000],
-        "list 10 deep": "".join("  " * i + f"- level {i}\n" for i in range(10)),
-        "list 10,000 deep": "- " * 10_000 + "bottom",
-        "quote 10,000 deep": "> " * 10_000 + "bottom",
-        "open fence, 59 kB": "Code:\n\n```python\n" + _paragraphs(size),
-        "open $$, 59 kB": "Math:\n\n$$\n" + _paragraphs(size),
-        "open \\[, 59 kB": "Math:\n\n\\[\n" + _paragraphs(size),
-        "1,500 formulas": "\n\n".join(
-            " and ".join(f"$x_{{{i + j}}}^2 + \\frac{{1}}{{{i + j}}}$" for j in range(10))
-            for i in range(0, 1_500, 10)
-        ),
-    }
 
 
 @dataclass

@@ -294,7 +294,8 @@ class AnswerView(AutoHeightText):
         rendered = item.html
         assert rendered is not None
         document = self.document()
-        self._remove_tail()
+        # The piece's text leaves the plain tail; the rest of the tail stays where it is.
+        tail_left = self._take_from_tail(item.piece.end)
         images = formula_images()
         waiting: list[FormulaRef] = []
         for formula in rendered.formulas:
@@ -309,16 +310,25 @@ class AnswerView(AutoHeightText):
                 waiting.append(formula)
         if rendered.html:
             cursor = QTextCursor(document)
-            cursor.movePosition(QTextCursor.MoveOperation.End)
-            if document.lastBlock().length() > 1:
-                # A fresh block, not a copy of the last one (which may be a list item or centred).
+            if tail_left:
+                # Split the tail's block: the piece goes into the empty block in front.
+                cursor.setPosition(self._tail_start)
                 cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
+                cursor.setPosition(self._tail_start)
+            else:
+                cursor.movePosition(QTextCursor.MoveOperation.End)
+                if document.lastBlock().length() > 1:
+                    # A fresh block, not a copy of the last one (a list item, or centred).
+                    cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
             start = cursor.position()
             parsed = _parsed_html(rendered.html)
             cursor.insertFragment(QTextDocumentFragment(parsed))
             start = self._fix_first_inserted_block(start, parsed)
+            # The cursor has followed the edits: it is at the end of the piece.
+            if tail_left:
+                self._tail_start = cursor.block().next().position()
             if rendered.formulas:
-                self._record_formulas(start)
+                self._record_formulas(start, cursor.position())
         self._rendered_upto = item.piece.end
         self.formulas += len(rendered.formulas)
         self.refused += rendered.refused
@@ -326,6 +336,21 @@ class AnswerView(AutoHeightText):
             images.request(
                 formula.key, self._ticket, partial(self._formula_ready, self._ticket, formula.url)
             )
+
+    def _take_from_tail(self, upto: int) -> bool:
+        """Removes the shown text of source[rendered_upto:upto] from the front of the plain
+        tail; returns whether some tail is left."""
+        if self._tail_start < 0:
+            return False
+        if upto >= self._tail_end:
+            self._remove_tail()
+            return False
+        cursor = QTextCursor(self.document())
+        cursor.setPosition(self._tail_start)
+        shown = _utf16_length(self.source[self._rendered_upto : upto])
+        cursor.setPosition(self._tail_start + shown, QTextCursor.MoveMode.KeepAnchor)
+        cursor.removeSelectedText()
+        return True
 
     def _fix_first_inserted_block(self, start: int, parsed: QTextDocument) -> int:
         """Qt merges an inserted fragment's first paragraph into the (empty) block at the
@@ -340,11 +365,11 @@ class AnswerView(AutoHeightText):
         QTextCursor(first).setBlockFormat(parsed.firstBlock().blockFormat())
         return start
 
-    def _record_formulas(self, start: int) -> None:
+    def _record_formulas(self, start: int, end: int) -> None:
         """Where the formula objects just inserted are, so that their images can be swapped in
         without touching anything else."""
         block = self.document().findBlock(start)
-        while block.isValid():
+        while block.isValid() and block.position() <= end:
             fragments = block.begin()
             while not fragments.atEnd():
                 fragment = fragments.fragment()
@@ -378,7 +403,9 @@ class AnswerView(AutoHeightText):
             if document.lastBlock().length() > 1:
                 cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
             self._tail_start = cursor.position()
-        cursor.insertText(text, QTextCharFormat())
+        # A lone "\r" or "\r\n" would become a paragraph break of another length than the
+        # text: shown as a space, the tail stays character for character what it shows.
+        cursor.insertText(text.replace("\r", " "), QTextCharFormat())
         self._tail_end += len(text)
 
     def _show_tail(self) -> None:
@@ -410,6 +437,11 @@ class AnswerView(AutoHeightText):
     def changeEvent(self, event) -> None:  # noqa: N802 - Qt override
         super().changeEvent(event)
         self.document().text_color = self.palette().color(QPalette.ColorRole.Text)
+
+
+def _utf16_length(text: str) -> int:
+    """Length as Qt counts it: characters outside the BMP take two."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _parse_here(piece: Piece) -> bool:
