@@ -11,6 +11,7 @@ slow to parse is parsed on a background lane, and formula images are laid out on
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import time
 from collections import deque
@@ -106,6 +107,40 @@ class _SliceClock:
 
 
 _clock = _SliceClock()
+
+
+class _Scheduler:
+    """Gives the answers with work left the event loop's passes, newest answer first: it is the
+    one being streamed, or the one at the bottom of a conversation just opened."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, AnswerView] = {}
+        self._scheduled = False
+
+    def want(self, view: AnswerView) -> None:
+        self._waiting[view.serial] = view
+        if not self._scheduled:
+            self._scheduled = True
+            QTimer.singleShot(0, self._run)
+
+    def wants(self, view: AnswerView) -> bool:
+        return view.serial in self._waiting
+
+    def _run(self) -> None:
+        self._scheduled = False
+        for serial in sorted(self._waiting, reverse=True):
+            if not _clock.left():
+                break
+            view = self._waiting.pop(serial)
+            if shiboken6.isValid(view):
+                view._pump()
+        if self._waiting and not self._scheduled:
+            self._scheduled = True
+            QTimer.singleShot(0, self._run)
+
+
+_scheduler = _Scheduler()
+_serials = itertools.count()
 _markdown_lane: BackgroundLane | None = None
 _parse_document: SafeDocument | None = None
 
@@ -144,10 +179,7 @@ class AnswerView(AutoHeightText):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("answerText")
-        self._timer = QTimer(self)
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(0)
-        self._timer.timeout.connect(self._pump)
+        self.serial = next(_serials)
         self._tickets: list[Ticket] = []
         # Jobs still queued for a closed answer are skipped.
         self.destroyed.connect(partial(_cancel_all, self._tickets))
@@ -181,6 +213,10 @@ class AnswerView(AutoHeightText):
     def append_stream(self, text: str) -> None:
         self._streamed = True
         self.source += text
+        if self._fed == len(self.source) - len(text):
+            # Cheap and linear, so done at once even when this pass's budget is spent.
+            self._pending.extend(_Pending(piece) for piece in self._splitter.feed(text))
+            self._fed = len(self.source)
         self._tail_rebuilt = False
         shown_up_to = len(self.source) - len(text)
         self._pump()
@@ -188,7 +224,8 @@ class AnswerView(AutoHeightText):
             if self._tail_start < 0:
                 self._tail_end = self._rendered_upto
             if self._tail_end == shown_up_to:  # else the tail is cut short: it shows later
-                self._append_tail(text)
+                room = MAX_TAIL_CHARS - (self._tail_end - self._rendered_upto)
+                self._append_tail(text[: max(room, 0)])
 
     def render_source(self, source: str | None = None) -> None:
         """The answer is complete (the model finished, or it came from history): render what
@@ -216,7 +253,7 @@ class AnswerView(AutoHeightText):
 
     def is_busy(self) -> bool:
         """Pieces that have settled are still waiting to be shown."""
-        return bool(self._pending) or self._timer.isActive() or (self._fed < len(self.source))
+        return bool(self._pending) or _scheduler.wants(self) or self._fed < len(self.source)
 
     def plain_text(self) -> str:
         return answer_to_text(self.source)
@@ -252,7 +289,7 @@ class AnswerView(AutoHeightText):
         if self._tail_start < 0 and self._streamed and self._rendered_upto < len(self.source):
             self._show_tail()
         if self._can_progress():
-            self._timer.start()
+            _scheduler.want(self)
         elif self._finished and self._split_done and not self._pending and not self._closed:
             self._close_document()
 
@@ -260,7 +297,10 @@ class AnswerView(AutoHeightText):
         """Work is left that does not wait for a lane."""
         if self._fed < len(self.source) or (self._finished and not self._split_done):
             return True
-        return bool(self._pending) and not self._pending[0].submitted
+        if not self._pending:
+            return False
+        head = self._pending[0]
+        return head.html is not None or not head.submitted
 
     def _html(self, piece: Piece) -> PieceHtml:
         return piece_html(piece, self._math_style(), placeholder_metrics(self.font()), self._budget)

@@ -55,9 +55,9 @@ class _Job:
 class BackgroundLane(QObject):
     _done = Signal(object, object)  # job, result
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, newest_first: bool = False) -> None:
         super().__init__()
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._jobs: queue.Queue[_Job] = queue.LifoQueue() if newest_first else queue.Queue()
         # Queued: emitted on the lane's thread, the callback must run on the GUI thread.
         self._done.connect(self._deliver, Qt.ConnectionType.QueuedConnection)
         if sys.getswitchinterval() > SWITCH_INTERVAL_S:

@@ -197,7 +197,9 @@ def formula_images() -> FormulaImages:
     """The process's formula images (created on the GUI thread, on first use)."""
     global _formula_images
     if _formula_images is None:
-        _formula_images = FormulaImages(BackgroundLane("formula-layout"))
+        # Newest first: the formulas just streamed, or those of the answer at the bottom of a
+        # conversation just opened, are the ones on screen.
+        _formula_images = FormulaImages(BackgroundLane("formula-layout", newest_first=True))
     return _formula_images
 
 
