@@ -48,14 +48,14 @@ from fathom_desktop.render.math import MathImage, formula_images
 
 # GUI-thread time one event-loop pass may spend rendering answers (all of them together); one
 # piece more may start before it runs out, so a pass stays within a 60 Hz frame.
-SLICE_BUDGET_S = 0.008
+SLICE_BUDGET_S = 0.006
 # Pieces parsed on the GUI thread: markdown-it's time grows faster than linearly with unmatched
 # link and emphasis marks, so a piece that is long or has many of them goes to a lane.
 SYNC_PARSE_CHARS = 1_500
 SYNC_PARSE_MARKS = 60
 _MARKS = "[]*_`!<"
 # Characters of an answer handed to the splitter at a time (an answer opened from history).
-FEED_CHARS = 16_000
+FEED_CHARS = 4_000
 # Most of the unrendered rest shown as plain text: Qt lays out a paragraph whole on each change.
 MAX_TAIL_CHARS = 8_000
 

@@ -22,7 +22,7 @@ MAX_PIECE_CHARS = 4_000
 # A line longer than this is not Markdown a person wrote: it is shown as text.
 MAX_LINE_CHARS = 4_000
 # Plain-text slices of an overlong line: Qt lays out a whole paragraph on every change to it.
-PLAIN_SLICE_CHARS = 2_000
+PLAIN_SLICE_CHARS = 1_000
 # The settled text is dropped from the buffer once it is this large (and half of it).
 _COMPACT_CHARS = 1 << 16
 
