@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import shiboken6
-from PySide6.QtCore import QSize, Qt, QTimer, QUrl
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import (
     QPalette,
     QTextBlockFormat,
@@ -56,6 +56,8 @@ SYNC_PARSE_MARKS = 60
 _MARKS = "[]*_`!<"
 # Characters of an answer handed to the splitter at a time (an answer opened from history).
 FEED_CHARS = 4_000
+# Formula images swapped in per step of the work loop.
+IMAGES_PER_STEP = 16
 # Most of the unrendered rest shown as plain text: Qt lays out a paragraph whole on each change.
 MAX_TAIL_CHARS = 8_000
 
@@ -207,6 +209,7 @@ class AnswerView(AutoHeightText):
         self._closed = False
         self._budget = AnswerBudget()
         self._positions: dict[str, list[int]] = {}  # formula url -> its objects' positions
+        self._arrived: dict[str, MathImage] = {}  # laid out, not swapped in yet
 
     # -- feeding ----------------------------------------------------------------------------
 
@@ -236,7 +239,6 @@ class AnswerView(AutoHeightText):
             return
         if self._finished or not source.startswith(self.source):
             self.document().clear()
-            self.document().placeholders.clear()
             self._start_over(source)
         self.source = source
         self._finished = True
@@ -264,6 +266,9 @@ class AnswerView(AutoHeightText):
         if not shiboken6.isValid(self):
             return
         while _clock.left() if deadline is None else time.perf_counter() < deadline:
+            if self._arrived:
+                self._swap_in_images()
+                continue
             if self._fed < len(self.source):
                 chunk = self.source[self._fed : self._fed + FEED_CHARS]
                 self._fed += len(chunk)
@@ -295,6 +300,8 @@ class AnswerView(AutoHeightText):
 
     def _can_progress(self) -> bool:
         """Work is left that does not wait for a lane."""
+        if self._arrived:
+            return True
         if self._fed < len(self.source) or (self._finished and not self._split_done):
             return True
         if not self._pending:
@@ -342,8 +349,7 @@ class AnswerView(AutoHeightText):
             document.placeholders[formula.url] = formula.source
             image = images.cached(formula.key)
             if isinstance(image, MathImage):
-                url = QUrl(formula.url)
-                document.addResource(QTextDocument.ResourceType.ImageResource, url, image.image)
+                document.add_image(formula.url, image.image)
             elif image is None:
                 self.unrendered += 1
             else:
@@ -428,10 +434,25 @@ class AnswerView(AutoHeightText):
         if image is None:
             self.unrendered += 1  # its placeholder, the source, stays
             return
+        # Swapped in by the work loop, a few at a time: each one relayouts its paragraph.
+        self._arrived[url] = image
+        if not _scheduler.wants(self):
+            _scheduler.want(self)
+
+    def _swap_in_images(self) -> None:
         document = self.document()
-        document.addResource(QTextDocument.ResourceType.ImageResource, QUrl(url), image.image)
-        for position in self._positions.get(url, ()):
-            document.markContentsDirty(position, 1)
+        dirty: dict[int, int] = {}  # block position -> length: each paragraph relayouts once
+        for _ in range(IMAGES_PER_STEP):
+            if not self._arrived:
+                break
+            url, image = next(iter(self._arrived.items()))
+            del self._arrived[url]
+            document.add_image(url, image.image)
+            for position in self._positions.get(url, ()):
+                block = document.findBlock(position)
+                dirty[block.position()] = block.length()
+        for start, length in dirty.items():
+            document.markContentsDirty(start, length)
 
     def _append_tail(self, text: str) -> None:
         if not text:

@@ -169,14 +169,14 @@ class _FormulaObjects(QPyTextObject):
 
     def intrinsicSize(self, document, position, text_format) -> QSizeF:  # noqa: N802 - Qt's
         image_format = text_format.toImageFormat()
-        image = self._image(document, image_format.name())
+        image = self._document.images.get(image_format.name())
         if image is not None:
             return image.deviceIndependentSize()
         return QSizeF(max(image_format.width(), 0.0), max(image_format.height(), 0.0))
 
     def drawObject(self, painter, rect, document, position, text_format) -> None:  # noqa: N802
         name = text_format.toImageFormat().name()
-        image = self._image(document, name)
+        image = self._document.images.get(name)
         if image is not None:
             painter.drawImage(rect, image)
             return
@@ -195,11 +195,6 @@ class _FormulaObjects(QPyTextObject):
         painter.drawText(inner, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, shown)
         painter.restore()
 
-    @staticmethod
-    def _image(document: QTextDocument, name: str) -> QImage | None:
-        image = document.resource(QTextDocument.ResourceType.ImageResource, QUrl(name))
-        return image if isinstance(image, QImage) and not image.isNull() else None
-
 
 class SafeDocument(QTextDocument):
     """Only images registered with addResource are shown: `<img src=file:...>` reads nothing."""
@@ -208,9 +203,21 @@ class SafeDocument(QTextDocument):
         super().__init__(parent)
         # url -> formula source, drawn until the formula's image is registered
         self.placeholders: dict[str, str] = {}
+        # url -> formula image; Qt asks for sizes many times per layout, a dict answers fastest
+        self.images: dict[str, QImage] = {}
         self.text_color = QColor("black")
         self._objects = _FormulaObjects(self)
         self.documentLayout().registerHandler(QTextFormat.ObjectTypes.ImageObject, self._objects)
+
+    def add_image(self, url: str, image: QImage) -> None:
+        """Registers a formula's image: it is drawn in place of its placeholder."""
+        self.images[url] = image
+        self.addResource(QTextDocument.ResourceType.ImageResource, QUrl(url), image)
+
+    def clear(self) -> None:
+        super().clear()
+        self.placeholders.clear()
+        self.images.clear()
 
     def loadResource(self, type: int, name: QUrl) -> object:  # noqa: A002 - Qt's signature
         return None

@@ -256,3 +256,16 @@ def test_paragraphs_inside_an_open_code_fence_wait_for_the_fence():
         "- b\n\n  c\n\n",
         "d",
     ]
+
+
+def test_an_answer_replaced_by_another_shows_only_the_new_one(qtbot):
+    from fathom_desktop.gui.answer_view import AnswerView
+
+    view = AnswerView()
+    qtbot.addWidget(view)
+    view.append_stream("Streamed $a$ text that the engine then replaced")
+    view.render_source("Final $b^2$ answer.")
+    qtbot.waitUntil(view.is_rendered)
+    assert view.toPlainText() == "Final \ufffc answer."
+    assert [source for source, _ in formula_objects(view)] == ["\\(b^2\\)"]
+    qtbot.waitUntil(lambda: formula_objects(view) == [("\\(b^2\\)", True)])
