@@ -25,7 +25,13 @@ from PySide6.QtGui import (
     QTextFormat,
 )
 
-from fathom_desktop.render.markdown import MathSpan, note_html, to_html
+from fathom_desktop.render.markdown import (
+    CODE_BLOCK_STYLE,
+    CODE_INLINE_STYLE,
+    MathSpan,
+    note_html,
+    to_html,
+)
 from fathom_desktop.render.math import (
     MAX_ANSWER_FORMULAS,
     MAX_ANSWER_WORK,
@@ -40,8 +46,6 @@ from fathom_desktop.render.pieces import Piece, PieceKind
 MATH_URL_SCHEME = "fathom-math"
 # Widest placeholder; a longer source is cut short with an ellipsis until its image arrives.
 _PLACEHOLDER_MAX_PX = 480.0
-_CODE_BLOCK_STYLE = "background-color:#8080801f; font-family:monospace; white-space:pre-wrap"
-_CODE_INLINE_STYLE = "background-color:#80808026; font-family:monospace"
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def piece_html(
         if lines and _closes_fence(lines[-1], piece.fence):
             lines.pop()
         code = html.escape("\n".join(lines))
-        return PieceHtml(f'<pre style="{_CODE_BLOCK_STYLE}">{code}</pre>' if lines else "")
+        return PieceHtml(f'<pre style="{CODE_BLOCK_STYLE}">{code}</pre>' if lines else "")
 
     result = PieceHtml("")
 
@@ -134,7 +138,7 @@ def piece_html(
         refused = budget.refusal(span.tex)
         if refused is not None:
             result.refused += 1
-            code = f'<code style="{_CODE_INLINE_STYLE}">{html.escape(source)}</code>'
+            code = f'<code style="{CODE_INLINE_STYLE}">{html.escape(source)}</code>'
             return f"{code} {note_html(refused)}"
         key: FormulaKey = (span.tex, span.display, style)
         url = f"{MATH_URL_SCHEME}:{hash(key) & 0xFFFFFFFFFFFF:x}"

@@ -29,9 +29,10 @@ class MathSpan:
 # Returns the HTML that stands for one formula.
 MathSink = Callable[[MathSpan], str]
 
-# Qt's HTML subset has no CSS classes on most blocks, so styling is inline.
-_CODE_BLOCK_STYLE = "background-color:#8080801f; font-family:monospace; white-space:pre-wrap"
-_CODE_INLINE_STYLE = "background-color:#80808026; font-family:monospace"
+# Qt's HTML subset has no CSS classes on most blocks, so styling is inline. Qt reads eight-digit
+# colours as #AARRGGBB: a light grey here, not #RRGGBBAA's olive.
+CODE_BLOCK_STYLE = "background-color:#1f808080; font-family:monospace; white-space:pre-wrap"
+CODE_INLINE_STYLE = "background-color:#26808080; font-family:monospace"
 
 
 # Qt indents every nested list or quote; past this many levels (eight nested lists) the rest of
@@ -100,7 +101,7 @@ class _HtmlWriter:
                 out.append(f'<p style="white-space:pre-wrap">{note}<br/>{text}</p>')
             elif kind in ("fence", "code_block"):
                 code = html.escape(token.content.rstrip("\n"))
-                out.append(f'<pre style="{_CODE_BLOCK_STYLE}">{code}</pre>')
+                out.append(f'<pre style="{CODE_BLOCK_STYLE}">{code}</pre>')
             elif kind == "hr":
                 out.append("<hr/>")
             elif kind == "paragraph_open":
@@ -128,9 +129,7 @@ class _HtmlWriter:
             if kind in ("text", "text_special"):
                 out.append(html.escape(token.content))
             elif kind == "code_inline":
-                out.append(
-                    f'<code style="{_CODE_INLINE_STYLE}">{html.escape(token.content)}</code>'
-                )
+                out.append(f'<code style="{CODE_INLINE_STYLE}">{html.escape(token.content)}</code>')
             elif kind == "softbreak":
                 out.append("\n")
             elif kind == "hardbreak":
