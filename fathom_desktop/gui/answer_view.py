@@ -57,7 +57,7 @@ _MARKS = "[]*_`!<"
 # Characters of an answer handed to the splitter at a time (an answer opened from history).
 FEED_CHARS = 4_000
 # Formula images swapped in per step of the work loop.
-IMAGES_PER_STEP = 16
+IMAGES_PER_STEP = 4
 # Most of the unrendered rest shown as plain text: Qt lays out a paragraph whole on each change.
 MAX_TAIL_CHARS = 8_000
 
@@ -453,6 +453,8 @@ class AnswerView(AutoHeightText):
                 dirty[block.position()] = block.length()
         for start, length in dirty.items():
             document.markContentsDirty(start, length)
+        # Lay out now, inside this pass's budget, rather than when the pass is already over.
+        document.documentLayout().documentSize()
 
     def _append_tail(self, text: str) -> None:
         if not text:

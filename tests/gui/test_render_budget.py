@@ -134,6 +134,7 @@ def test_opening_a_hostile_answer_renders_in_slices_and_keeps_everything(
         qtbot.waitUntil(lambda: formula_images().pending() == 0, timeout=WAIT_MS)
         assert len(layout_threads) < 1_500
         return
+
     def boxed() -> list[bool]:
         return [drawn for source, drawn in formula_objects(view) if "\\boxed{42}" in source]
 
