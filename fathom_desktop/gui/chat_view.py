@@ -2,25 +2,16 @@
 
 Streaming text is appended at the end of each document (never a whole-text replace), so a
 16k-token reasoning costs the same per batch at its end as at its start (the pane itself is in
-`reasoning_pane`). The answer's finished
-paragraphs are rendered (Markdown + math) as they complete; the paragraph still being written is
-plain text until it ends. Model text is never parsed as HTML: the reasoning is a plain-text
-document and the answer goes through `fathom_desktop.render`, which escapes everything.
+`reasoning_pane`). The answer is rendered (Markdown + math) piece by piece as pieces settle, with
+a time budget on the GUI thread (`answer_view`). Model text is never parsed as HTML: the
+reasoning is a plain-text document and the answer goes through `fathom_desktop.render`, which
+escapes everything.
 """
 
 from __future__ import annotations
 
-import math
-import re
-
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import (
-    QGuiApplication,
-    QTextBlockFormat,
-    QTextCharFormat,
-    QTextCursor,
-    QTextDocument,
-)
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -28,132 +19,13 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
-    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
 
+from fathom_desktop.gui.answer_view import AnswerView
 from fathom_desktop.gui.reasoning_pane import ReasoningPane, TailFollower
 from fathom_desktop.gui.welcome import WelcomeView
-from fathom_desktop.render import SafeDocument, answer_to_text, html_for, math_style
-
-# -- answers --------------------------------------------------------------------------------------
-
-
-class AutoHeightText(QTextEdit):
-    """A read-only text view as tall as its document, for use inside the transcript's scroll."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setDocument(SafeDocument(self))
-        self.setReadOnly(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
-        self.viewport().setAutoFillBackground(False)
-        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        # Selectable, but nothing in it is a link that can be followed.
-        self.setTextInteractionFlags(
-            Qt.TextInteractionFlag.TextSelectableByMouse
-            | Qt.TextInteractionFlag.TextSelectableByKeyboard
-        )
-        self.document().documentLayout().documentSizeChanged.connect(self._fit)
-        self._fit()
-
-    def _fit(self, *_args: object) -> None:
-        height = math.ceil(self.document().size().height()) + 2 * self.frameWidth() + 2
-        if height != self.height():
-            self.setFixedHeight(height)
-
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
-        return QSize(super().sizeHint().width(), self.height())
-
-
-_FENCE_LINE = re.compile(r"^ {0,3}(```|~~~)", re.MULTILINE)
-
-
-def paragraph_boundary(source: str, start: int) -> int:
-    """End of the last complete paragraph after `start` that closes every fence and display
-    formula it opens, or `start` when there is none yet."""
-    search_end = len(source)
-    while True:
-        found = source.rfind("\n\n", start, search_end)
-        if found < 0:
-            return start
-        chunk = source[start:found]
-        balanced = (
-            len(_FENCE_LINE.findall(chunk)) % 2 == 0
-            and chunk.count("$$") % 2 == 0
-            and chunk.count("\\[") <= chunk.count("\\]")
-        )
-        if balanced:
-            return found + 2
-        search_end = found
-
-
-class AnswerView(AutoHeightText):
-    """The answer: rendered paragraph by paragraph while it streams, rendered whole when done."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("answerText")
-        self.source = ""
-        self._rendered_upto = 0  # characters of `source` shown rendered
-        self._tail_start = 0  # document position where the plain, unrendered tail begins
-
-    def append_stream(self, text: str) -> None:
-        self.source += text
-        cursor = QTextCursor(self.document())
-        boundary = paragraph_boundary(self.source, self._rendered_upto)
-        if boundary == self._rendered_upto:
-            cursor.movePosition(QTextCursor.MoveOperation.End)
-            cursor.insertText(text, QTextCharFormat())
-            return
-        # A paragraph ended: swap its plain text for its rendering; the rest stays plain.
-        cursor.setPosition(self._tail_start)
-        cursor.movePosition(QTextCursor.MoveOperation.End, QTextCursor.MoveMode.KeepAnchor)
-        cursor.removeSelectedText()
-        body, _ = html_for(
-            self.source[self._rendered_upto : boundary], self.document(), self._style()
-        )
-        cursor.insertHtml(body)
-        self._fix_first_inserted_block(body)
-        self._rendered_upto = boundary
-        cursor.movePosition(QTextCursor.MoveOperation.End)
-        # A fresh block, not a copy of the last one (which may be a list item or centred).
-        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())
-        self._tail_start = cursor.position()
-        cursor.insertText(self.source[boundary:], QTextCharFormat())
-
-    def _fix_first_inserted_block(self, body: str) -> None:
-        """Qt merges inserted HTML's first paragraph into the (empty) block at the cursor and
-        keeps that block's format; give the paragraph its own back (a centred formula), or drop
-        the empty block left in front of a list."""
-        first = self.document().findBlock(self._tail_start)
-        if not first.text() and first.next().isValid():
-            QTextCursor(first).deleteChar()
-            return
-        parsed = QTextDocument()
-        parsed.setHtml(body)
-        QTextCursor(first).setBlockFormat(parsed.firstBlock().blockFormat())
-
-    def render_source(self, source: str | None = None) -> None:
-        """Render the whole answer (the model finished, or it came from history)."""
-        if source is not None:
-            self.source = source
-        body, summary = html_for(self.source, self.document(), self._style())
-        self.document().setHtml(body)
-        self._rendered_upto = len(self.source)
-        self._tail_start = self.document().characterCount() - 1
-        self.formulas = summary.formulas
-
-    def _style(self):
-        return math_style(self.font(), self.palette())
-
-    def plain_text(self) -> str:
-        return answer_to_text(self.source)
-
 
 # -- messages -------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from markdown_it import MarkdownIt
+from markdown_it.rules_block import StateBlock
 from markdown_it.token import Token
 
 from fathom_desktop.render import texmath
@@ -28,9 +29,17 @@ class MathSpan:
 # Returns the HTML that stands for one formula.
 MathSink = Callable[[MathSpan], str]
 
-# Qt's HTML subset has no CSS classes on most blocks, so styling is inline.
-_CODE_BLOCK_STYLE = "background-color:#8080801f; font-family:monospace; white-space:pre-wrap"
-_CODE_INLINE_STYLE = "background-color:#80808026; font-family:monospace"
+# Qt's HTML subset has no CSS classes on most blocks, so styling is inline. Qt reads eight-digit
+# colours as #AARRGGBB: a light grey here, not #RRGGBBAA's olive.
+CODE_BLOCK_STYLE = "background-color:#1f808080; font-family:monospace; white-space:pre-wrap"
+CODE_INLINE_STYLE = "background-color:#26808080; font-family:monospace"
+
+
+# Qt indents every nested list or quote; past this many levels (eight nested lists) the rest of
+# the nested text is shown as written. markdown-it's own limit (maxNesting, 20) drops everything
+# after it, so this rule must come first.
+MAX_BLOCK_LEVEL = 16
+DEEP_TEXT = "deep_text"
 
 
 @functools.cache
@@ -38,7 +47,31 @@ def parser() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
     md.enable(["table", "strikethrough"])
     texmath.install(md)
+    first = md.block.ruler.get_all_rules()[0]
+    md.block.ruler.before(first, DEEP_TEXT, _deep_text)
     return md
+
+
+def _deep_text(state: StateBlock, start_line: int, end_line: int, silent: bool) -> bool:
+    """Past MAX_BLOCK_LEVEL, the lines of the innermost container are kept as plain text."""
+    if state.level < MAX_BLOCK_LEVEL:
+        return False
+    if silent:
+        return True
+    line = start_line + 1
+    while line < end_line and (state.isEmpty(line) or state.sCount[line] >= state.blkIndent):
+        line += 1
+    token = state.push(DEEP_TEXT, "", 0)
+    token.block = True
+    token.content = state.getLines(start_line, line, state.blkIndent, False)
+    token.map = [start_line, line]
+    state.line = line
+    return True
+
+
+def note_html(text: str) -> str:
+    """A short remark of the app's own in an answer (not the model's words)."""
+    return f'<span style="color:gray; font-style:italic">[{html.escape(text)}]</span>'
 
 
 def to_html(source: str, math: MathSink) -> str:
@@ -62,9 +95,13 @@ class _HtmlWriter:
                 out.append(self.inline(token.children or []))
             elif kind == texmath.MATH_BLOCK:
                 out.append(f'<p align="center">{self._math(MathSpan(token.content, True))}</p>')
+            elif kind == DEEP_TEXT:
+                text = html.escape(token.content.rstrip("\n"))
+                note = note_html("nested too deeply to format; shown as written")
+                out.append(f'<p style="white-space:pre-wrap">{note}<br/>{text}</p>')
             elif kind in ("fence", "code_block"):
                 code = html.escape(token.content.rstrip("\n"))
-                out.append(f'<pre style="{_CODE_BLOCK_STYLE}">{code}</pre>')
+                out.append(f'<pre style="{CODE_BLOCK_STYLE}">{code}</pre>')
             elif kind == "hr":
                 out.append("<hr/>")
             elif kind == "paragraph_open":
@@ -92,9 +129,7 @@ class _HtmlWriter:
             if kind in ("text", "text_special"):
                 out.append(html.escape(token.content))
             elif kind == "code_inline":
-                out.append(
-                    f'<code style="{_CODE_INLINE_STYLE}">{html.escape(token.content)}</code>'
-                )
+                out.append(f'<code style="{CODE_INLINE_STYLE}">{html.escape(token.content)}</code>')
             elif kind == "softbreak":
                 out.append("\n")
             elif kind == "hardbreak":

@@ -12,17 +12,21 @@ import math
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from PySide6.QtCore import QByteArray, QRectF, Qt
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtSvg import QSvgRenderer
 
+from fathom_desktop.render.lanes import BackgroundLane, NoResult, Ticket
+
 log = logging.getLogger(__name__)
 
 _VIEWBOX = re.compile(r'viewBox="([-\d.e]+) ([-\d.e]+) ([-\d.e]+) ([-\d.e]+)"')
 _CACHE_SIZE = 512
-# ziamath keeps module-level font caches; one caller at a time (the GUI, or the warm-up thread).
+# ziamath keeps module-level font caches; one caller at a time (the layout lane, the warm-up).
 _ziamath_lock = threading.Lock()
 _warm_up_started = False
 
@@ -52,8 +56,53 @@ def is_final_answer(tex: str) -> bool:
     return "\\boxed" in tex
 
 
+# ziamath lays out every group of a formula about twice per level of nesting, so its time
+# doubles with each level (measured: a 9-level \cfrac 1.2 s, x^{x^{...}} ten deep 0.7 s) while a
+# flat formula costs well under a millisecond per character. A formula's work is estimated as
+# the sum over its characters of 2 ** (groups around it); one estimated above the limit, nested
+# deeper or longer than the others, is shown as its source with a note instead.
+MAX_FORMULA_CHARS = 2_000
+MAX_FORMULA_DEPTH = 12
+MAX_FORMULA_WORK = 4_096  # about half a second of layout on the 2-core development box
+# All the formulas of one answer: about a minute of background layout at most.
+MAX_ANSWER_WORK = 400_000
+MAX_ANSWER_FORMULAS = 2_000
+
+_GROUP_OPEN = re.compile(r"\\left\b|\\begin\b|\{")
+_GROUP_CLOSE = re.compile(r"\\right\b|\\end\b|\}")
+_GROUP_MARK = re.compile(r"\\left\b|\\begin\b|\\right\b|\\end\b|\\.|[{}]")
+
+
+def formula_work(tex: str) -> tuple[int, int]:
+    """(estimated layout work, deepest nesting) of a formula, in one pass over it."""
+    work = depth = deepest = 0
+    last = 0
+    for mark in _GROUP_MARK.finditer(tex):
+        work += (mark.start() - last) << min(depth, 40)
+        last = mark.end()
+        text = mark.group(0)
+        if text in ("{", "\\left", "\\begin"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif text in ("}", "\\right", "\\end"):
+            depth = max(depth - 1, 0)
+        work += len(text) << min(depth, 40)
+    work += (len(tex) - last) << min(depth, 40)
+    return work, deepest
+
+
+def formula_refusal(tex: str) -> str | None:
+    """Why a formula is not drawn, or None when it may be laid out."""
+    if len(tex) > MAX_FORMULA_CHARS:
+        return "too long to draw"
+    work, deepest = formula_work(tex)
+    if deepest > MAX_FORMULA_DEPTH or work > MAX_FORMULA_WORK:
+        return "nested too deeply to draw"
+    return None
+
+
 class MathRenderer:
-    """Renders formulas, remembering recent ones (a streamed answer re-renders the same ones)."""
+    """Renders formulas where it is called, remembering recent ones."""
 
     def __init__(self) -> None:
         self._cache: OrderedDict[tuple[str, bool, MathStyle], MathImage | None] = OrderedDict()
@@ -68,6 +117,90 @@ class MathRenderer:
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return image
+
+
+FormulaKey = tuple[str, bool, MathStyle]
+
+
+class FormulaImages:
+    """Formula images laid out on a background lane, cached by (tex, display, style).
+
+    `request` hands the image to its callback on the GUI thread: at once when cached, later
+    otherwise. A request whose ticket is cancelled before its turn (the answer showing it was
+    closed) is skipped.
+    """
+
+    def __init__(self, lane: BackgroundLane) -> None:
+        self._lane = lane
+        self._cache: OrderedDict[FormulaKey, MathImage | None] = OrderedDict()
+        self._waiting: dict[FormulaKey, list[tuple[Ticket, Callable[[MathImage | None], None]]]]
+        self._waiting = {}
+
+    def cached(self, key: FormulaKey) -> MathImage | None | Literal[False]:
+        """The image (None: ziamath cannot draw it), or False when not laid out yet."""
+        if key not in self._cache:
+            return False
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def pending(self) -> int:
+        """Formulas asked for and not laid out yet."""
+        return len(self._waiting)
+
+    def request(
+        self, key: FormulaKey, ticket: Ticket, deliver: Callable[[MathImage | None], None]
+    ) -> None:
+        found = self.cached(key)
+        if found is not False:
+            deliver(found)
+            return
+        waiters = self._waiting.get(key)
+        if waiters is not None:
+            waiters.append((ticket, deliver))
+            return
+        self._waiting[key] = [(ticket, deliver)]
+        # The lane reads the waiters' tickets: a job nobody waits for any more is skipped.
+        job_ticket = _AnyTicket(self._waiting[key])
+        self._lane.submit(
+            lambda: _render(*key), lambda image: self._arrived(key, image), job_ticket
+        )
+
+    def _arrived(self, key: FormulaKey, image: MathImage | None | NoResult) -> None:
+        waiters = self._waiting.pop(key, [])
+        if isinstance(image, NoResult) and image.reason == "cancelled":
+            return
+        drawn = image if isinstance(image, MathImage) else None
+        self._cache[key] = drawn
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        for ticket, deliver in waiters:
+            if ticket.wanted():
+                deliver(drawn)
+
+
+class _AnyTicket(Ticket):
+    """Wanted while any of the answers waiting for one formula is."""
+
+    def __init__(self, waiters: list[tuple[Ticket, Callable[[MathImage | None], None]]]) -> None:
+        super().__init__()
+        self._waiters = waiters
+
+    def wanted(self) -> bool:
+        # Read on the lane's thread while the GUI may append: a copy is a consistent snapshot.
+        return any(ticket.wanted() for ticket, _ in list(self._waiters))
+
+
+_formula_images: FormulaImages | None = None
+
+
+def formula_images() -> FormulaImages:
+    """The process's formula images (created on the GUI thread, on first use)."""
+    global _formula_images
+    if _formula_images is None:
+        # Newest first: the formulas just streamed, or those of the answer at the bottom of a
+        # conversation just opened, are the ones on screen.
+        _formula_images = FormulaImages(BackgroundLane("formula-layout", newest_first=True))
+    return _formula_images
 
 
 def start_warm_up() -> None:

@@ -11,6 +11,8 @@ therefore has no closing ``$`` and is left alone.
 
 from __future__ import annotations
 
+import bisect
+
 from markdown_it import MarkdownIt
 from markdown_it.rules_block import StateBlock
 from markdown_it.rules_inline import StateInline
@@ -20,6 +22,7 @@ MATH_DISPLAY = "math_display"  # display-style math that sits inside a paragraph
 MATH_BLOCK = "math_block"
 
 _BOXED = "\\boxed"
+_INDEX_KEY = "fathom_texmath_index"  # where a parse keeps its _SourceIndex
 # Trailing text allowed after a closing block delimiter, e.g. "$$x = 1$$." ends a sentence.
 _BLOCK_TAIL = set(" \t.,;:")
 
@@ -49,23 +52,90 @@ def _find_unescaped(src: str, needle: str, start: int, end: int) -> int:
         pos = found + 1
 
 
-def _balanced_group_end(src: str, open_brace: int, end: int) -> int:
-    """Index just past the `}` matching the `{` at open_brace, or -1."""
-    depth = 0
-    pos = open_brace
-    while pos < end:
+class _SourceIndex:
+    """Facts about one inline source, each found in one pass, so that a thousand openers with
+    no closer cost one scan rather than a thousand."""
+
+    def __init__(self, src: str) -> None:
+        self.src = src
+        self._group_ends: dict[int, int] | None = None
+        self._dollars: tuple[list[int], set[int]] | None = None
+        # (needle, end) -> the earliest start from which the needle is known to be absent
+        self._missing_from: dict[tuple[str, int], int] = {}
+
+    def find(self, needle: str, start: int, end: int) -> int:
+        """`_find_unescaped`, remembering where a needle is absent."""
+        if start >= self._missing_from.get((needle, end), end + 1):
+            return -1
+        found = _find_unescaped(self.src, needle, start, end)
+        if found < 0:
+            self._missing_from[(needle, end)] = start
+        return found
+
+    def group_end(self, open_brace: int, end: int) -> int:
+        """Index just past the `}` matching the `{` at open_brace (within `end`), or -1."""
+        if self._group_ends is None:
+            self._group_ends = _match_braces(self.src)
+        found = self._group_ends.get(open_brace, -1)
+        return found if found <= end else -1
+
+    def dollar_close(self, opener: int, end: int) -> int:
+        """The `$` closing a single-dollar formula opened at `opener` (Pandoc's rule), or -1.
+
+        Walking right, an unescaped `$` followed by a digit is passed over; the first other one
+        closes the formula, unless a space precedes it ("$5 and $10"): then there is none."""
+        if self._dollars is None:
+            self._dollars = _dollar_stops(self.src)
+        stops, after_space = self._dollars
+        index = bisect.bisect_right(stops, opener)
+        if index == len(stops) or stops[index] >= end or stops[index] in after_space:
+            return -1
+        return stops[index]
+
+
+def _index(state: StateInline) -> _SourceIndex:
+    index = state.env.get(_INDEX_KEY)
+    if not isinstance(index, _SourceIndex) or index.src is not state.src:
+        index = _SourceIndex(state.src)
+        state.env[_INDEX_KEY] = index
+    return index
+
+
+def _match_braces(src: str) -> dict[int, int]:
+    ends: dict[int, int] = {}
+    open_at: list[int] = []
+    pos = 0
+    while pos < len(src):
         char = src[pos]
         if char == "\\":
             pos += 2
             continue
         if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return pos + 1
+            open_at.append(pos)
+        elif char == "}" and open_at:
+            ends[open_at.pop()] = pos + 1
         pos += 1
-    return -1
+    return ends
+
+
+def _dollar_stops(src: str) -> tuple[list[int], set[int]]:
+    """The unescaped `$`s where a single-dollar search ends, in order, and which of them
+    follow a space."""
+    stops: list[int] = []
+    after_space: set[int] = set()
+    pos = src.find("$")
+    while pos >= 0:
+        backslashes = 0
+        while pos - backslashes > 0 and src[pos - backslashes - 1] == "\\":
+            backslashes += 1
+        if backslashes % 2 == 0:
+            if pos > 0 and src[pos - 1].isspace():
+                stops.append(pos)
+                after_space.add(pos)
+            elif not (pos + 1 < len(src) and src[pos + 1].isdigit()):
+                stops.append(pos)
+        pos = src.find("$", pos + 1)
+    return stops, after_space
 
 
 def _push_math(state: StateInline, kind: str, tex: str, markup: str) -> None:
@@ -80,7 +150,7 @@ def _inline_math(state: StateInline, silent: bool) -> bool:
     if char == "\\":
         if src.startswith("\\(", pos) or src.startswith("\\[", pos):
             closer = "\\)" if src[pos + 1] == "(" else "\\]"
-            close = src.find(closer, pos + 2, end)
+            close = _index(state).find(closer, pos + 2, end)
             if close < 0 or not src[pos + 2 : close].strip():
                 return False
             if not silent:
@@ -94,7 +164,7 @@ def _inline_math(state: StateInline, silent: bool) -> bool:
                 brace += 1
             if brace >= end or src[brace] != "{":
                 return False
-            group_end = _balanced_group_end(src, brace, end)
+            group_end = _index(state).group_end(brace, end)
             if group_end < 0:
                 return False
             if not silent:
@@ -106,7 +176,7 @@ def _inline_math(state: StateInline, silent: bool) -> bool:
     if char != "$":
         return False
     if src.startswith("$$", pos):
-        close = _find_unescaped(src, "$$", pos + 2, end)
+        close = _index(state).find("$$", pos + 2, end)
         if close < 0 or not src[pos + 2 : close].strip():
             return False
         if not silent:
@@ -117,18 +187,9 @@ def _inline_math(state: StateInline, silent: bool) -> bool:
     # Pandoc's rule for single dollars (see the module docstring).
     if pos + 1 >= end or src[pos + 1].isspace():
         return False
-    search = pos + 1
-    while True:
-        close = _find_unescaped(src, "$", search, end)
-        if close < 0:
-            return False
-        if src[close - 1].isspace():
-            # "$5 and $10": a `$` after a space only ever opens, so this `$` starts no formula.
-            return False
-        if close + 1 < end and src[close + 1].isdigit():
-            search = close + 1
-            continue
-        break
+    close = _index(state).dollar_close(pos, end)
+    if close < 0:
+        return False
     if not silent:
         _push_math(state, MATH_INLINE, src[pos + 1 : close], "$")
     state.pos = close + 1

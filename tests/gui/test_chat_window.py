@@ -284,6 +284,7 @@ def test_history_survives_a_restart(make_window, qtbot, tmp_path, artifacts):
     assert [m.text for m in second.chat.user_messages()] == ["Remember me"]
     reply = second.chat.assistant_messages()[-1]
     assert reply.answer.source == second.engine.script.answer
+    qtbot.waitUntil(reply.answer.is_rendered)  # a stored answer renders in slices
     assert reply.answer.formulas >= 5
     assert not reply.reasoning.is_expanded()
     assert reply.reasoning.header_text().startswith("Thought for ")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt, QUrl
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPalette, QTextDocument
+from PySide6.QtGui import QColor, QImage, QPainter, QTextDocument
 
-from fathom_desktop.render import SafeDocument, answer_to_text, html_for, math_style, tex_to_text
+from fathom_desktop.render import SafeDocument, answer_to_text, split_answer, tex_to_text
 from fathom_desktop.render.markdown import MathSpan, to_html
 from fathom_desktop.render.math import MathRenderer, MathStyle
 
@@ -106,18 +106,49 @@ def test_boxed_answer_gets_a_highlight_behind_it(qapp):
     assert not plain_edge.blue() > plain_edge.red()
 
 
-def test_document_gets_images_for_math_and_source_for_bad_tex(qapp):
-    document = SafeDocument()
-    style = math_style(QFont(), QPalette())
-    body, summary = html_for(
-        "Half is $\\frac{1}{2}$, and \\(x^\\) is broken; \\boxed{7}.", document, style
+def formula_objects(view) -> list[tuple[str, bool]]:
+    """(source, drawn as an image) of each formula object in an answer view, in order."""
+    document = view.document()
+    found: list[tuple[str, bool]] = []
+    block = document.firstBlock()
+    while block.isValid():
+        fragments = block.begin()
+        while not fragments.atEnd():
+            char_format = fragments.fragment().charFormat()
+            if char_format.isImageFormat():
+                url = char_format.toImageFormat().name()
+                image = document.resource(QTextDocument.ResourceType.ImageResource, QUrl(url))
+                drawn = isinstance(image, QImage) and not image.isNull()
+                found += [(document.placeholders[url], drawn)] * fragments.fragment().length()
+            fragments += 1
+        block = block.next()
+    return found
+
+
+def test_formulas_arrive_as_images_and_bad_tex_stays_source(qtbot):
+    from fathom_desktop.gui.answer_view import AnswerView
+
+    view = AnswerView()
+    qtbot.addWidget(view)
+    view.render_source("Half is $\\frac{1}{2}$, and \\(x^\\) is broken; \\boxed{7}.")
+    qtbot.waitUntil(view.is_rendered)
+    # Placeholders first (the source, drawn in a code style), images as they are laid out.
+    assert [source for source, _ in formula_objects(view)] == [
+        "\\(\\frac{1}{2}\\)",
+        "\\(x^\\)",
+        "\\(\\boxed{7}\\)",
+    ]
+    qtbot.waitUntil(
+        lambda: view.formulas - view.unrendered == sum(d for _, d in formula_objects(view))
     )
-    document.setHtml(body)
-    assert summary.formulas == 2 and summary.unrendered == 1
-    text = document.toPlainText()
-    assert text.count("\ufffc") == 2  # object replacement characters: the two images
-    assert "\\frac" not in text and "\\boxed" not in text
-    assert "\\(x^\\)" in text  # the broken one is shown as its source
+    assert formula_objects(view) == [
+        ("\\(\\frac{1}{2}\\)", True),
+        ("\\(x^\\)", False),  # ziamath cannot parse it: its source stays
+        ("\\(\\boxed{7}\\)", True),
+    ]
+    assert view.unrendered == 1
+    text = view.toPlainText()
+    assert text.count("\ufffc") == 3 and "\\frac" not in text and "\\boxed" not in text
 
 
 def test_safe_document_loads_no_local_file(qapp, tmp_path: Path):
@@ -170,27 +201,30 @@ def test_answer_copies_as_plain_text():
 
 
 def test_streamed_answer_renders_paragraph_by_paragraph(qtbot):
-    from fathom_desktop.gui.chat_view import AnswerView
+    from fathom_desktop.gui.answer_view import AnswerView
 
     view = AnswerView()
     qtbot.addWidget(view)
     for piece in ["First $", "x^2$ here", ".\n\nSecond $y", "$ still"]:
         view.append_stream(piece)
+    qtbot.waitUntil(lambda: not view.is_busy())
     shown = view.toPlainText()
     assert shown.startswith("First \ufffc here.")  # finished paragraph: rendered
     assert shown.endswith("Second $y$ still")  # the paragraph being written: plain
     view.render_source()
+    qtbot.waitUntil(view.is_rendered)
     assert view.toPlainText() == "First \ufffc here.\nSecond \ufffc still"
     assert view.source == "First $x^2$ here.\n\nSecond $y$ still"
 
 
 def test_streamed_formulas_stay_centred_and_lists_stay_lists(qtbot):
-    from fathom_desktop.gui.chat_view import AnswerView
+    from fathom_desktop.gui.answer_view import AnswerView
 
     view = AnswerView()
     qtbot.addWidget(view)
     for piece in ["Intro.\n\n", "$$x = 1$$\n\n", "- a\n- b\n\n", "End of"]:
         view.append_stream(piece)
+    qtbot.waitUntil(lambda: not view.is_busy())
     blocks = []
     block = view.document().firstBlock()
     while block.isValid():
@@ -209,9 +243,29 @@ def test_streamed_formulas_stay_centred_and_lists_stay_lists(qtbot):
 
 
 def test_paragraphs_inside_an_open_code_fence_wait_for_the_fence():
-    from fathom_desktop.gui.chat_view import paragraph_boundary
+    from fathom_desktop.render import PieceSplitter
 
-    source = "Intro.\n\n```\ncode\n\nmore code\n"
-    assert paragraph_boundary(source, 0) == len("Intro.\n\n")
-    closed = source + "```\n\nAfter"
-    assert paragraph_boundary(closed, 0) == closed.index("After")
+    splitter = PieceSplitter()
+    settled = splitter.feed("Intro.\n\n```\ncode\n\nmore code\n")
+    assert [piece.text for piece in settled] == ["Intro.\n\n"]
+    settled = splitter.feed("```\n\nAfter")
+    assert [piece.text for piece in settled] == ["```\ncode\n\nmore code\n```\n\n"]
+    assert [piece.text for piece in splitter.finish()] == ["After"]
+    assert [p.text for p in split_answer("a\n\n- b\n\n  c\n\nd")] == [
+        "a\n\n",
+        "- b\n\n  c\n\n",
+        "d",
+    ]
+
+
+def test_an_answer_replaced_by_another_shows_only_the_new_one(qtbot):
+    from fathom_desktop.gui.answer_view import AnswerView
+
+    view = AnswerView()
+    qtbot.addWidget(view)
+    view.append_stream("Streamed $a$ text that the engine then replaced")
+    view.render_source("Final $b^2$ answer.")
+    qtbot.waitUntil(view.is_rendered)
+    assert view.toPlainText() == "Final \ufffc answer."
+    assert [source for source, _ in formula_objects(view)] == ["\\(b^2\\)"]
+    qtbot.waitUntil(lambda: formula_objects(view) == [("\\(b^2\\)", True)])
