@@ -109,15 +109,13 @@ def _demo_model() -> tuple[Path, Probe]:
 
 
 def _backend_name() -> str:
-    from fathom_desktop.engine.errors import BackendUnavailableError
+    # Asked of a child process, as the window asks it (backend_probe.py).
+    from fathom_desktop.engine.backend_probe import backend_facts
 
-    try:
-        from fathom_desktop.engine.gpu_support import current_build  # loads llama.cpp
-
-        build = current_build()
-    except BackendUnavailableError as error:
-        raise SelfTestFailure(Step.BACKEND, str(error)) from None
-    return "CUDA" if build.is_cuda else "CPU"
+    facts = backend_facts()
+    if facts.problem is not None:
+        raise SelfTestFailure(Step.BACKEND, facts.problem)
+    return "CUDA" if facts.build.is_cuda else "CPU"
 
 
 def check_reply(finished: Finished, probe: Probe) -> str:
@@ -149,10 +147,12 @@ def check_reply(finished: Finished, probe: Probe) -> str:
 
 
 def _generate(model: Path, probe: Probe) -> tuple[LoadReport, Finished]:
-    from fathom_desktop.engine import LlamaEngine
+    # Through the engine host, as the window's replies go: this also proves that this copy of
+    # the app can start its engine's child process (frozen, the launcher must run it).
     from fathom_desktop.engine.errors import EngineError
+    from fathom_desktop.engine.process_engine import ProcessEngine
 
-    engine = LlamaEngine()
+    engine = ProcessEngine()
     try:
         try:
             report = engine.load(LoadOptions(model_path=model, n_ctx=SELF_TEST_N_CTX))
