@@ -65,12 +65,16 @@ def _oracle(reference: Path, level: Path, work: Path) -> dict[str, float]:
     if not base.exists():
         subprocess.run([str(perplexity), "-m", str(reference), *common,
                         "--kl-divergence-base", str(base)], check=True, capture_output=True)
-    run = subprocess.run(
-        [str(perplexity), "-m", str(level), *common, "--kl-divergence-base", str(base),
-         "--kl-divergence"],
-        check=True, capture_output=True, text=True,
-    )
-    log = run.stdout + run.stderr
+    # Into a file, not a pipe: llama.cpp prints through a logging thread, and writing to a pipe
+    # its summary lines were seen lost at exit.
+    out = work / f"{level.stem}.log"
+    with open(out, "w") as sink:
+        subprocess.run(
+            [str(perplexity), "-m", str(level), *common, "--kl-divergence-base", str(base),
+             "--kl-divergence"],
+            check=True, stdout=sink, stderr=subprocess.STDOUT,
+        )
+    log = out.read_text()
 
     def number(label: str) -> float:
         match = re.search(re.escape(label) + r"\s*:\s*(-?[\d.]+)", log)
