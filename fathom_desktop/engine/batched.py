@@ -15,7 +15,8 @@ twice) with room for P + 1 sequences and a unified KV cache:
 - a finished sample frees its sequence and the next sample starts in it (continuous refill).
 
 Each sample has its own reasoning split, thinking budget, "answer now" and stop; its events reach
-`on_event(sample_index, event)` in the same shape a single reply streams them.
+`on_event(sample_index, event)` in the same shape a single reply streams them: by default sample
+after sample (SampleOrder), as the sequential path delivers them, or interleaved as decoded.
 """
 
 from __future__ import annotations
@@ -71,6 +72,46 @@ _INHERITED_PARAMS = (
 )
 
 EventSink = Callable[[int, StreamEvent], None]
+
+
+class SampleOrder:
+    """Passes events on sample by sample, as the sequential path produces them.
+
+    The samples decode together, but a consumer written for one sample after another (a view
+    that starts a new section when the sample index changes) gets sample 0's events live, then
+    sample 1's (held while sample 0 ran, then live), and so on. Nothing is dropped or reordered
+    within a sample.
+    """
+
+    def __init__(self, sink: EventSink) -> None:
+        self._sink = sink
+        self._current = 0
+        self._held: dict[int, list[StreamEvent]] = {}
+        self._finished: set[int] = set()
+
+    def __call__(self, index: int, event: StreamEvent) -> None:
+        if index != self._current:
+            self._held.setdefault(index, []).append(event)
+            if isinstance(event, Finished):
+                self._finished.add(index)
+            return
+        self._sink(index, event)
+        if isinstance(event, Finished):
+            self._next()
+
+    def _next(self) -> None:
+        while True:
+            self._current += 1
+            for event in self._held.pop(self._current, []):
+                self._sink(self._current, event)
+            if self._current not in self._finished:
+                return
+
+    def flush(self) -> None:
+        """Whatever is still held (a cancel ends samples out of order), in sample order."""
+        for index in sorted(self._held):
+            for event in self._held.pop(index):
+                self._sink(index, event)
 
 
 @dataclass(frozen=True)
@@ -182,6 +223,7 @@ class BatchedConsensus:
         n_parallel: int,
         control: GenerationControl,
         on_event: EventSink | None = None,
+        in_sample_order: bool = True,
     ) -> None:
         if k < 1 or n_parallel < 1:
             raise ValueError("batched consensus needs at least one sample and one sequence")
@@ -193,7 +235,9 @@ class BatchedConsensus:
         self._k = k
         self._n_parallel = min(n_parallel, k)
         self._control = control
-        self._on_event = on_event or (lambda index, event: None)
+        sink = on_event or (lambda index, event: None)
+        self._order = SampleOrder(sink) if in_sample_order else None
+        self._on_event = self._order or sink
         self._next_index = 0
         self._done: list[tuple[int, Finished]] = []
         self._prompt_rate = 0.0
@@ -218,6 +262,8 @@ class BatchedConsensus:
                     live.append(sample)
             while live:
                 live = self._step(context, live)
+            if self._order is not None:
+                self._order.flush()
         finally:
             for sample in live:
                 sample.sampler.close()

@@ -75,9 +75,14 @@ class _Loaded:
 class LlamaEngine:
     """ChatEngine over llama.cpp. Not thread-safe: one worker thread owns it."""
 
-    def __init__(self, *, stop_at_end_of_generation: bool = True) -> None:
+    def __init__(
+        self, *, stop_at_end_of_generation: bool = True, interleave_samples: bool = False
+    ) -> None:
         # Benchmarks switch the end-of-generation stop off to force a fixed length.
         self._stop_at_eog = stop_at_end_of_generation
+        # Consensus events as the samples decode together, rather than sample after sample
+        # (what a front end written for the sequential path expects).
+        self._interleave_samples = interleave_samples
         self._model: _Loaded | None = None
         self._active: Generator[StreamEvent, None, None] | None = None
 
@@ -306,6 +311,7 @@ class LlamaEngine:
             n_parallel=plan.parallel,
             control=control or GenerationControl(),
             on_event=on_event,
+            in_sample_order=not self._interleave_samples,
         )
         result = majority_vote(run.run())
         return replace(result, parallel=plan.parallel, parallel_reason=plan.reason)

@@ -185,7 +185,7 @@ def test_cancel_stops_every_sample_and_starts_no_more(margin_engine):
     recorder = Recorder()
 
     def cancel_at_five(index: int, event: StreamEvent, rec: Recorder) -> None:
-        if index == 1 and isinstance(event, TextDelta) and rec.tokens(1) >= 5:
+        if index == 0 and isinstance(event, TextDelta) and rec.tokens(0) >= 5:
             control.cancel.set()
 
     recorder.hooks.append(cancel_at_five)
@@ -234,3 +234,56 @@ def test_the_context_limit_ends_each_sample_at_the_same_point_as_alone(tmp_path:
             same_reply(sample, reference)
     finally:
         engine.close()
+
+
+def test_events_come_sample_after_sample_unless_interleaving_is_asked_for(tiny_gguf_f32: Path):
+    """A front end written for the sequential path sees each sample whole, in order."""
+    sampling = SamplingParams(seed=5, max_tokens=16)
+    orders = {}
+    for interleave in (False, True):
+        engine = LlamaEngine(interleave_samples=interleave)
+        engine.load(LoadOptions(tiny_gguf_f32, n_ctx=N_CTX, n_gpu_layers=0, n_threads=2))
+        try:
+            seen: list[tuple[int, StreamEvent]] = []
+            result = engine.consensus(
+                QUESTION,
+                sampling,
+                5,
+                on_event=lambda i, e, out=seen: out.append((i, e)),
+                parallel=3,
+            )
+        finally:
+            engine.close()
+        indices = [index for index, _ in seen]
+        orders[interleave] = indices
+        # Either way each sample's own events keep their order and end with its result.
+        for index, sample in enumerate(result.samples):
+            own = [event for i, event in seen if i == index]
+            assert own[-1] is sample and isinstance(own[0], PhaseChanged)
+    assert orders[False] == sorted(orders[False])  # 0, 0, ..., 1, 1, ..., 4
+    assert orders[True] != sorted(orders[True])  # decoded together: the indices alternate
+    assert sorted(orders[True]) == sorted(orders[False])
+
+
+def test_sample_order_holds_later_samples_until_the_earlier_ones_finish():
+    from fathom_desktop.engine.batched import SampleOrder
+    from fathom_desktop.engine.types import GenerationStats
+
+    def done(name: str) -> Finished:
+        stats = GenerationStats(1, 1, 1, 0.0, 0.0, 0.0, FinishReason.STOP)
+        return Finished(name, "", stats)
+
+    seen: list[tuple[int, object]] = []
+    order = SampleOrder(lambda index, event: seen.append((index, event)))
+    order(1, "b1")
+    order(0, "a1")
+    order(2, "c1")
+    order(1, done_b := done("b"))  # sample 1 ends before sample 0
+    assert seen == [(0, "a1")]
+    order(0, done_a := done("a"))
+    assert seen == [(0, "a1"), (0, done_a), (1, "b1"), (1, done_b), (2, "c1")]
+    order(2, "c2")  # sample 2 is now the live one
+    assert seen[-1] == (2, "c2")
+    order(3, "d1")
+    order.flush()  # a cancel: what is held comes out in sample order
+    assert seen[-1] == (3, "d1")
