@@ -234,6 +234,8 @@ class BatchedConsensus:
         self._sampling = sampling
         self._k = k
         self._n_parallel = min(n_parallel, k)
+        if self._n_parallel * (1 + len(setup.closer_tokens)) > N_BATCH:
+            raise ValueError(f"{self._n_parallel} samples do not fit one {N_BATCH}-token batch")
         self._control = control
         sink = on_event or (lambda index, event: None)
         self._order = SampleOrder(sink) if in_sample_order else None

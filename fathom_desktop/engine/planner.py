@@ -400,6 +400,8 @@ def choose_parallel(
     """
     limit = min(k, MAX_PARALLEL)
     why_limit = f"all {k} samples" if k <= MAX_PARALLEL else f"at most {MAX_PARALLEL}"
+    if k == 1:
+        why_limit = "a single sample"
     if cap is not None and cap < limit:
         limit, why_limit = cap, f"capped at {cap}"
 
