@@ -20,6 +20,7 @@ machine stretches wall time, not CPU time. Exits 1 when the ratio is under --tar
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -133,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _line(name: str, result: Run) -> str:
+    # The 1-minute load average at the end: a shared machine's other work shows here.
     return (
         f"{name:>14}: {result.tokens} tokens in {result.wall_s:.1f} s = "
-        f"{result.tokens_per_s:.1f} tokens/s ({result.tokens_per_cpu_s:.1f} per CPU second)"
+        f"{result.tokens_per_s:.1f} tokens/s ({result.tokens_per_cpu_s:.1f} per CPU second; "
+        f"load {os.getloadavg()[0]:.1f})"
     )
 
 
