@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample K replies and majority-vote their \\boxed{} answers (needs --prompt)",
     )
     parser.add_argument(
+        "--parallel",
+        type=_positive,
+        metavar="P",
+        help="with --consensus: decode at most P samples at once (default: as many as fit)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print one JSON object (needs --prompt)"
     )
     parser.add_argument(
@@ -213,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--json and --consensus need --prompt")
     if args.server and (args.model or args.diagnostics):
         parser.error("--server runs the model elsewhere: leave out --model and --diagnostics")
+    if args.parallel is not None and not args.consensus:
+        parser.error("--parallel goes with --consensus")
     if args.verbose:
         from fathom_desktop.engine import llama_backend
 
@@ -449,7 +457,9 @@ def _one_consensus(engine: Any, args: argparse.Namespace, messages: list[ChatMes
             )
 
     with _ctrl_c_cancels(control):
-        result = engine.consensus(messages, _sampling(args), args.consensus, control, progress)
+        result = engine.consensus(
+            messages, _sampling(args), args.consensus, control, progress, parallel=args.parallel
+        )
     if not result.samples:
         raise EngineError("No sample finished, so there is nothing to vote on.")
     winner = result.winner
@@ -466,16 +476,25 @@ def _one_consensus(engine: Any, args: argparse.Namespace, messages: list[ChatMes
                 "boxed": result.answer,
                 "votes": result.votes,
                 "samples": [
-                    {"boxed": b, "finish_reason": s.stats.finish_reason.value}
+                    {
+                        "boxed": b,
+                        "finish_reason": s.stats.finish_reason.value,
+                        "reasoning_tokens": s.stats.reasoning_tokens,
+                        "answer_tokens": s.stats.answer_tokens,
+                        "answer": s.answer,
+                    }
                     for s, b in zip(result.samples, result.boxed, strict=True)
                 ],
+                "parallel": result.parallel,
+                "parallel_reason": result.parallel_reason,
             }
         )
     else:
         print(winner.answer)
         tally = ", ".join(f"{value}: {count}" for value, count in result.votes.items()) or "none"
         print(
-            f"[consensus of {len(result.samples)}: {result.answer} (votes: {tally})]",
+            f"[consensus of {len(result.samples)}: {result.answer} (votes: {tally}); "
+            f"samples decoded {result.parallel_reason}]",
             file=sys.stderr,
         )
     return EXIT_INTERRUPTED if control.cancel.is_set() else EXIT_OK

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from fathom_desktop.engine.answers import extract_boxed, normalize_answer
+from fathom_desktop.engine.errors import SettingsError
 from fathom_desktop.engine.types import (
     ChatEngine,
     ChatMessage,
@@ -32,6 +33,14 @@ def majority_vote(samples: Sequence[Finished]) -> ConsensusResult:
     return ConsensusResult(answer=answer, votes=votes, boxed=boxed, samples=tuple(samples))
 
 
+MAX_SAMPLES = 64  # Fathom-R1-14B's model card reports cons@64
+
+
+def check_sample_count(k: int) -> None:
+    if not 1 <= k <= MAX_SAMPLES:
+        raise SettingsError(f"A consensus takes 1 to {MAX_SAMPLES} samples, not {k}.")
+
+
 def consensus(
     engine: ChatEngine,
     messages: list[ChatMessage],
@@ -45,8 +54,7 @@ def consensus(
     `on_event(sample_index, event)` sees every stream event, for progress displays. A cancel
     stops after the current sample; the vote covers the samples that finished.
     """
-    if k < 1:
-        raise ValueError("consensus needs at least one sample")
+    check_sample_count(k)
     control = control or GenerationControl()
     finished: list[Finished] = []
     for index in range(k):

@@ -187,9 +187,10 @@ class Sampler:
     def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
         llama_cpp.llama_sampler_chain_add(self._chain, sampler)
 
-    def sample(self, ctx: llama_cpp.llama_context_p) -> int:
-        """Sample from the last evaluated position (and record the token for penalties)."""
-        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, -1))
+    def sample(self, ctx: llama_cpp.llama_context_p, index: int = -1) -> int:
+        """Sample from the logits at batch `index` (-1: the last evaluated position), and record
+        the token for penalties."""
+        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
 
     def accept(self, token: int) -> None:
         llama_cpp.llama_sampler_accept(self._chain, token)

@@ -16,8 +16,14 @@ from dataclasses import dataclass, replace
 
 from fathom_desktop.engine import gpu_support
 from fathom_desktop.engine import llama_backend as backend
+from fathom_desktop.engine.batched import BatchedConsensus, Prompt, sequence_cells
 from fathom_desktop.engine.chat_template import ChatTemplate, ChatTemplateError, RenderedPrompt
-from fathom_desktop.engine.consensus import ConsensusResult, consensus
+from fathom_desktop.engine.consensus import (
+    ConsensusResult,
+    check_sample_count,
+    consensus,
+    majority_vote,
+)
 from fathom_desktop.engine.context import fit_to_context, reply_reserve
 from fathom_desktop.engine.errors import (
     DecodeError,
@@ -30,7 +36,14 @@ from fathom_desktop.engine.errors import (
 from fathom_desktop.engine.generation import Reply, ReplySetup
 from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
 from fathom_desktop.engine.native import llama_cpp
-from fathom_desktop.engine.planner import detect_gpu, profile_from_model_file
+from fathom_desktop.engine.planner import (
+    ParallelPlan,
+    available_host_bytes,
+    choose_parallel,
+    detect_gpu,
+    profile_from_model_file,
+    sequence_memory,
+)
 from fathom_desktop.engine.prompt import Continuation, split_continuation
 from fathom_desktop.engine.reasoning import THINK_CLOSE, prompt_opens_reasoning
 from fathom_desktop.engine.types import (
@@ -72,9 +85,14 @@ class _Loaded:
 class LlamaEngine:
     """ChatEngine over llama.cpp. Not thread-safe: one worker thread owns it."""
 
-    def __init__(self, *, stop_at_end_of_generation: bool = True) -> None:
+    def __init__(
+        self, *, stop_at_end_of_generation: bool = True, interleave_samples: bool = False
+    ) -> None:
         # Benchmarks switch the end-of-generation stop off to force a fixed length.
         self._stop_at_eog = stop_at_end_of_generation
+        # Consensus events as the samples decode together, rather than sample after sample
+        # (what a front end written for the sequential path expects).
+        self._interleave_samples = interleave_samples
         self._model: _Loaded | None = None
         self._active: Generator[StreamEvent, None, None] | None = None
 
@@ -320,7 +338,82 @@ class LlamaEngine:
         *,
         parallel: int | None = None,
     ) -> ConsensusResult:
-        return consensus(self, messages, sampling, k, control, on_event)
+        """Up to `parallel` samples decode together in one llama.cpp batch (see engine/batched);
+        the planner picks how many fit in memory. One at a time runs the sequential path."""
+        model = self._require()
+        check_sample_count(k)
+        _validate_sampling(sampling)
+        if parallel is not None and parallel < 1:
+            raise SettingsError("The number of parallel samples must be at least 1.")
+        prompt = self._consensus_prompt(model, messages, sampling)
+        plan = self.plan_parallel(len(prompt.tokens), sampling, k, parallel)
+        if plan.parallel <= 1:
+            result = consensus(self, messages, sampling, k, control, on_event)
+            return replace(result, parallel=1, parallel_reason=plan.reason)
+        if self._active is not None:  # the sample context shares the model, not the stream
+            self._active.close()
+            self._active = None
+        run = BatchedConsensus(
+            model.setup,
+            prompt,
+            sampling,
+            k=k,
+            n_parallel=plan.parallel,
+            control=control or GenerationControl(),
+            on_event=on_event,
+            in_sample_order=not self._interleave_samples,
+        )
+        result = majority_vote(run.run())
+        return replace(result, parallel=plan.parallel, parallel_reason=plan.reason)
+
+    def plan_parallel(
+        self, prompt_tokens: int, sampling: SamplingParams, k: int, cap: int | None = None
+    ) -> ParallelPlan:
+        """How many samples of a `prompt_tokens` prompt decode at once, and why."""
+        model = self._require()
+        report = model.report
+        closer = len(model.setup.closer_tokens)
+        reply = sequence_cells(prompt_tokens, report.n_ctx, sampling, closer)
+        gpu = detect_gpu() if report.n_gpu_layers > 0 else None
+        return choose_parallel(
+            lambda cells: sequence_memory(
+                model.info,
+                kv_cache_type=report.kv_cache_type,
+                n_gpu_layers=report.n_gpu_layers,
+                flash_attn=report.flash_attn,
+                n_cells=cells,
+            ),
+            k=k,
+            cap=cap,
+            prompt_tokens=prompt_tokens,
+            reply_cells=reply,
+            free_vram_bytes=gpu.free_bytes if gpu is not None else None,
+            free_host_bytes=available_host_bytes(),
+        )
+
+    def _consensus_prompt(
+        self, model: _Loaded, messages: list[ChatMessage], sampling: SamplingParams
+    ) -> Prompt:
+        """The prompt as generate() would send it: fitted to the context, then tokenized."""
+        prepared: dict[tuple[ChatMessage, ...], tuple[RenderedPrompt, list[int]]] = {}
+
+        def count(candidate: Sequence[ChatMessage]) -> int:
+            rendered = self._render(candidate)
+            prepared[tuple(candidate)] = (rendered, self._prompt_tokens(rendered))
+            return len(prepared[tuple(candidate)][1])
+
+        fitted = fit_to_context(
+            messages,
+            count,
+            n_ctx=model.report.n_ctx,
+            reserve=reply_reserve(model.report.n_ctx, sampling.max_tokens),
+        )
+        rendered, tokens = prepared[tuple(fitted.messages)]
+        return Prompt(
+            tokens=tuple(tokens),
+            starts_in_reasoning=prompt_opens_reasoning(rendered.text),
+            dropped_messages=fitted.dropped_messages,
+        )
 
     def _stream(
         self,

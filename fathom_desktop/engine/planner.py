@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -344,3 +346,123 @@ def model_memory_profile(
             flash_attn=flash_attn,
         ),
     )
+
+
+# -- samples decoded at once (self-consistency) -----------------------------------------------
+
+MAX_PARALLEL = 64  # the most samples a consensus takes, so the most sequences worth planning for
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    parallel: int  # samples decoded at once; 1 means one after another
+    reason: str  # one line for the user: what was chosen and why
+    kv_bytes: int  # predicted KV cache of the sample context at that P (0 when P is 1)
+
+
+@dataclass(frozen=True)
+class SequenceMemory:
+    """What each sample context cell and its compute buffer cost, per device."""
+
+    kv_bytes_per_cell_gpu: int  # K and V of one position in every offloaded block
+    kv_bytes_per_cell_host: int  # ... in every block left on the CPU
+    compute_bytes: int  # the sample context's compute buffer (on the GPU when any layer is)
+    on_gpu: bool
+
+
+def sequence_memory(
+    info: ModelFileInfo,
+    *,
+    kv_cache_type: KvCacheType,
+    n_gpu_layers: int,
+    flash_attn: bool,
+    n_cells: int,
+) -> SequenceMemory:
+    per_block = kv_bytes_per_block(1, info.n_head_kv, info.head_dim, kv_cache_type)
+    # The output layer is offloaded first, then the last blocks (see the module docstring).
+    gpu_blocks = max(0, min(n_gpu_layers - 1, info.n_layers))
+    compute = compute_buffer_bytes(
+        n_ctx=n_cells,
+        n_vocab=info.n_vocab,
+        n_embd=info.n_embd,
+        n_ff=info.n_ff,
+        n_head=info.n_head,
+        flash_attn=flash_attn,
+    )
+    return SequenceMemory(
+        kv_bytes_per_cell_gpu=per_block * gpu_blocks,
+        kv_bytes_per_cell_host=per_block * (info.n_layers - gpu_blocks),
+        compute_bytes=compute,
+        on_gpu=n_gpu_layers > 0,
+    )
+
+
+def choose_parallel(
+    memory: Callable[[int], SequenceMemory],
+    *,
+    k: int,
+    cap: int | None,
+    prompt_tokens: int,
+    reply_cells: int,
+    free_vram_bytes: int | None,
+    free_host_bytes: int | None,
+) -> ParallelPlan:
+    """The largest P (<= k, <= the user's cap) whose sample context fits the free memory.
+
+    The sample context holds the prompt once and `reply_cells` per sample; `memory(n_cells)`
+    prices it. Free memory is what the device has now, with the model already loaded beside it;
+    a plan uses at most SAFE_FRACTION of it. None means "unknown": not a limit.
+    """
+    limit = min(k, MAX_PARALLEL)
+    why_limit = f"all {k} samples" if k <= MAX_PARALLEL else f"at most {MAX_PARALLEL}"
+    if k == 1:
+        why_limit = "a single sample"
+    if cap is not None and cap < limit:
+        limit, why_limit = cap, f"capped at {cap}"
+
+    def need(p: int) -> tuple[int, int, int]:
+        cells = prompt_tokens + p * reply_cells
+        sizes = memory(cells)
+        gpu = cells * sizes.kv_bytes_per_cell_gpu + (sizes.compute_bytes if sizes.on_gpu else 0)
+        host = cells * sizes.kv_bytes_per_cell_host + (0 if sizes.on_gpu else sizes.compute_bytes)
+        return gpu, host, cells * (sizes.kv_bytes_per_cell_gpu + sizes.kv_bytes_per_cell_host)
+
+    def fits(p: int) -> str | None:
+        """None when P fits; otherwise which memory it overflows."""
+        gpu, host, _ = need(p)
+        if free_vram_bytes is not None and gpu > free_vram_bytes * SAFE_FRACTION:
+            return f"{gpu / 2**30:.1f} GiB of VRAM ({free_vram_bytes / 2**30:.1f} GiB free)"
+        if free_host_bytes is not None and host > free_host_bytes * SAFE_FRACTION:
+            return f"{host / 2**30:.1f} GiB of RAM ({free_host_bytes / 2**30:.1f} GiB free)"
+        return None
+
+    chosen = 1
+    for p in range(limit, 1, -1):
+        if fits(p) is None:
+            chosen = p
+            break
+    per_sample = f"{prompt_tokens:,}-token prompt + {reply_cells:,} per sample"
+    if chosen == limit:
+        reason = f"{chosen} at once ({why_limit}; KV cache for {per_sample} fits)"
+    else:
+        overflow = fits(chosen + 1)
+        reason = f"{chosen} at once ({chosen + 1} would need {overflow}; {per_sample})"
+    if chosen == 1:
+        reason = reason.replace("1 at once", "one after another", 1)
+    return ParallelPlan(
+        parallel=chosen, reason=reason, kv_bytes=need(chosen)[2] if chosen > 1 else 0
+    )
+
+
+def available_host_bytes() -> int | None:
+    """Memory the system can give without swapping (MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

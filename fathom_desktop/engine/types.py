@@ -138,6 +138,9 @@ class ConsensusResult:
     # Each sample's boxed value (None where it boxed nothing), in sampling order.
     boxed: tuple[str | None, ...]
     samples: tuple[Finished, ...]
+    # How many samples decoded at once, and the planner's one-line reason for it.
+    parallel: int = 1
+    parallel_reason: str = "one after another"
 
     @property
     def winner(self) -> Finished:

@@ -15,6 +15,7 @@ import gguf
 import numpy as np
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "r1-distill-qwen-tokenizer"
+ORDINARY_TOKENS = 151643  # byte-level BPE tokens; R1's added tokens follow
 VOCAB_SIZE = 152064  # Fathom's config.json: padded beyond the tokenizer's 151,665 tokens
 
 
@@ -64,6 +65,8 @@ def write_tiny_qwen2(
     embedding_dtype: type = np.float32,
     with_tokenizer: bool = True,
     template_source: str | None = None,
+    embedding: np.ndarray | None = None,
+    output: np.ndarray | None = None,
 ) -> Path:
     """A random-weight Qwen2 model llama.cpp can load; `architecture` lets tests lie about it.
 
@@ -106,7 +109,9 @@ def write_tiny_qwen2(
         return np.zeros(n, dtype=np.float32)
 
     kv_width = shape.n_head_kv * head_dim
-    writer.add_tensor("token_embd.weight", weight(VOCAB_SIZE, shape.n_embd, embedding_dtype))
+    if embedding is None:
+        embedding = weight(VOCAB_SIZE, shape.n_embd, embedding_dtype)
+    writer.add_tensor("token_embd.weight", embedding)
     for layer in range(shape.n_layers):
         prefix = f"blk.{layer}."
         writer.add_tensor(prefix + "attn_norm.weight", ones(shape.n_embd))
@@ -122,12 +127,32 @@ def write_tiny_qwen2(
         writer.add_tensor(prefix + "ffn_up.weight", weight(shape.n_ff, shape.n_embd))
         writer.add_tensor(prefix + "ffn_down.weight", weight(shape.n_embd, shape.n_ff))
     writer.add_tensor("output_norm.weight", ones(shape.n_embd))
-    writer.add_tensor("output.weight", weight(VOCAB_SIZE, shape.n_embd, embedding_dtype))
+    if output is None:
+        output = weight(VOCAB_SIZE, shape.n_embd, embedding_dtype)
+    writer.add_tensor("output.weight", output)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def successor_qwen2(path: Path, *, shape: TinyShape = TinyShape(n_embd=128), seed: int = 0) -> Path:
+    """A Qwen2 whose greedy choice is never a near-tie: after token t it says successor(t).
+
+    The output row of successor(t) is the embedding of t, scaled: with random 128-wide
+    embeddings, a vector's product with itself (~128) stands far above its product with any of
+    the other 151k (at most ~55), and the small random blocks only nudge the residual stream.
+    The successor is a random permutation of the ordinary tokens, so the model never ends its
+    turn, never writes a special token, and different prompts give different replies.
+    """
+    rng = np.random.default_rng(seed + 1)
+    embedding = np.zeros((VOCAB_SIZE, shape.n_embd), dtype=np.float32)
+    embedding[:ORDINARY_TOKENS] = rng.standard_normal((ORDINARY_TOKENS, shape.n_embd))
+    successor = rng.permutation(ORDINARY_TOKENS)
+    output = np.zeros_like(embedding)
+    output[successor] = embedding[:ORDINARY_TOKENS] * 0.5
+    return write_tiny_qwen2(path, shape=shape, seed=seed, embedding=embedding, output=output)
 
 
 def small_qwen2(
