@@ -63,6 +63,7 @@ def test_stderr_says_how_many_samples_ran_at_once(tiny_gguf_f32: Path):
 def test_bad_sample_counts_get_one_line(tiny_gguf_f32: Path):
     alone = fathom_chat("--model", str(tiny_gguf_f32), *COMMON, "--parallel", "2")
     assert alone.returncode == 2 and "Traceback" not in alone.stderr
-    assert alone.stderr.strip().endswith("error: --parallel goes with --consensus")
+    usage = "fathom-chat: --parallel goes with --consensus (see fathom-chat --help)"
+    assert alone.stderr.strip() == usage
     line = one_line_error(fathom_chat("--model", str(tiny_gguf_f32), *COMMON, "--consensus", "65"))
     assert line == "fathom-chat: A consensus takes 1 to 64 samples, not 65."
