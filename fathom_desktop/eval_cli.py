@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from convert.errors import ConversionError
-from fathom_desktop.engine.chat_template import with_eval_instruction
 from fathom_desktop.engine.consensus import (
     ConsensusResult,
     check_sample_count,
     normalize_answer,
 )
 from fathom_desktop.engine.errors import EngineError
+from fathom_desktop.engine.prompt import with_eval_instruction
 from fathom_desktop.engine.types import (
     FATHOM_N_CTX,
     FATHOM_TEMPERATURE,
