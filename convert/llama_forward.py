@@ -9,6 +9,7 @@ and the logits of the positions asked for, handed out as a numpy view of llama.c
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import numpy as np
 
 from convert.errors import ConversionError
 from convert.llama_log import LevelTracker, LogLevel
+from convert.quantize import capture_llama_log
 
 # llama.cpp calls this between graph computations; True asks it to stop.
 AbortCheck = Callable[[], bool]
@@ -55,7 +57,17 @@ class ForwardModel:
         self._llama = llama_cpp
         self.path = Path(path)
         self.settings = settings
-        _quiet_logs(llama_cpp)
+        # llama.cpp's logger is process-wide: take it for this model's life and give the previous
+        # one back at close (an engine in the same process keeps its own error capture).
+        self._log = contextlib.ExitStack()
+        self._log.enter_context(capture_llama_log(_keep_errors))
+        try:
+            self._open(llama_cpp, settings, cb_eval, cb_eval_user_data)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, llama_cpp, settings: ForwardSettings, cb_eval, cb_eval_user_data) -> None:
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = settings.gpu_layers(llama_cpp)
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
@@ -74,7 +86,6 @@ class ForwardModel:
             ctx_params.cb_eval_user_data = cb_eval_user_data
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
-            llama_cpp.llama_model_free(self._model)
             raise ConversionError(
                 f"llama.cpp could not make a {settings.n_ctx}-token context for "
                 f"{self.path.name}: {_last_error()}."
@@ -161,6 +172,10 @@ class ForwardModel:
         if getattr(self, "_model", None):
             llama.llama_model_free(self._model)
             self._model = None
+        # Last: freeing the model logs too, and that belongs to us, not to the default logger.
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> ForwardModel:
         return self
@@ -173,23 +188,14 @@ class ForwardModel:
 
 _errors: list[str] = []
 _levels = LevelTracker()
-_log_callback = None
 
 
-def _quiet_logs(llama_cpp) -> None:
-    global _log_callback
-    if _log_callback is not None:
-        return
-
-    def on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-        level = _levels.resolve(level)
-        message = (text or b"").decode("utf-8", "replace").strip()
-        if level == LogLevel.ERROR and message:
-            _errors.append(message)
-            del _errors[:-10]
-
-    _log_callback = llama_cpp.llama_log_callback(on_log)
-    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+def _keep_errors(level: int, text: str) -> None:
+    level = _levels.resolve(level)
+    message = text.strip()
+    if level == LogLevel.ERROR and message:
+        _errors.append(message)
+        del _errors[:-10]
 
 
 def _last_error() -> str:
