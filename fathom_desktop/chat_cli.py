@@ -17,11 +17,9 @@ import logging
 import math
 import os
 import select
-import signal
 import sys
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, get_args
 
@@ -43,22 +41,11 @@ from fathom_desktop.engine.types import (
     StreamEvent,
     TextDelta,
 )
+from fathom_desktop.terminal import ctrl_c_cancels, gpu_layers_option
 
 PROG = "fathom-chat"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 DIM, RESET = "\033[2m", "\033[0m"
-
-
-def _gpu_layers(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        layers = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("use a number of layers or 'auto'") from None
-    if layers < -1:
-        raise argparse.ArgumentTypeError("use a number of layers, -1 for all, or 'auto'")
-    return layers
 
 
 def _positive(value: str) -> int:
@@ -151,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="sampling seed, for repeatable replies")
     parser.add_argument(
         "--n-gpu-layers",
-        type=_gpu_layers,
+        type=gpu_layers_option,
         default=None,
         metavar="N|auto",
         help="layers to offload to the GPU (default: auto, from the VRAM planner)",
@@ -372,22 +359,6 @@ class _Printer:
         self.kind = None
 
 
-@contextmanager
-def _ctrl_c_cancels(control: GenerationControl) -> Iterator[None]:
-    """First Ctrl-C stops the reply (between tokens); a second one quits."""
-
-    def handler(signum: int, frame: object) -> None:
-        if control.cancel.is_set():
-            raise KeyboardInterrupt
-        control.cancel.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _stream(
     engine: Any,
     messages: list[ChatMessage],
@@ -396,7 +367,7 @@ def _stream(
     on_event: Callable[[StreamEvent], None],
 ) -> Finished:
     finished: Finished | None = None
-    with _ctrl_c_cancels(control):
+    with ctrl_c_cancels(control):
         for event in engine.generate(messages, sampling, control):
             on_event(event)
             if isinstance(event, Finished):
@@ -456,7 +427,7 @@ def _one_consensus(engine: Any, args: argparse.Namespace, messages: list[ChatMes
                 file=sys.stderr,
             )
 
-    with _ctrl_c_cancels(control):
+    with ctrl_c_cancels(control):
         result = engine.consensus(
             messages, _sampling(args), args.consensus, control, progress, parallel=args.parallel
         )

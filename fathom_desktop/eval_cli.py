@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,6 +44,7 @@ from fathom_desktop.engine.types import (
     LoadOptions,
     SamplingParams,
 )
+from fathom_desktop.terminal import ctrl_c_cancels
 
 PROG = "fathom-eval"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -269,7 +267,7 @@ def _run(args: argparse.Namespace, problems: list[Problem], done: dict[str, Prob
         out = args.out.open("a", encoding="utf-8") if args.out else None
         bar = tqdm(total=len(problems), initial=len(finished), unit="problem", file=sys.stderr)
         try:
-            with _ctrl_c_cancels(control):
+            with ctrl_c_cancels(control):
                 for problem in todo:
                     vote = evaluate_problem(
                         engine, problem, sampling, args.samples, args.parallel, control
@@ -347,22 +345,6 @@ def _demo_model() -> Path:
 
     print(f"[no --model: the demo model {demo.DEMO_NAME}]", file=sys.stderr)
     return demo.ensure_demo_model(NullProgress())
-
-
-@contextmanager
-def _ctrl_c_cancels(control: GenerationControl) -> Iterator[None]:
-    """The first Ctrl-C stops the current problem (between tokens); a second one quits."""
-
-    def handler(signum: int, frame: object) -> None:
-        if control.cancel.is_set():
-            raise KeyboardInterrupt
-        control.cancel.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

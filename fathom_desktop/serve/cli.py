@@ -22,22 +22,11 @@ from fathom_desktop.engine.errors import EngineError
 from fathom_desktop.engine.types import FATHOM_N_CTX, KvCacheType, LoadOptions, LoadReport
 from fathom_desktop.serve.app import DEFAULT_MAX_BODY_BYTES, ServerConfig, create_app
 from fathom_desktop.serve.runner import EngineRunner
+from fathom_desktop.terminal import gpu_layers_option
 
 PROG = "fathom-serve"
 API_KEY_ENV = "FATHOM_API_KEY"
 DEFAULT_MAX_WAITING = 8
-
-
-def _gpu_layers(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        layers = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("use a number of layers, -1 for all, or 'auto'") from None
-    if layers < -1:
-        raise argparse.ArgumentTypeError("use a number of layers, -1 for all, or 'auto'")
-    return layers
 
 
 def _at_least(low: int):  # noqa: ANN202 - an argparse type factory
@@ -91,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--n-ctx", type=_at_least(1), default=FATHOM_N_CTX, help="context size")
     load.add_argument(
         "--n-gpu-layers",
-        type=_gpu_layers,
+        type=gpu_layers_option,
         default=None,
         metavar="N|auto",
         help="layers to offload to the GPU (default: auto, from the VRAM planner)",
