@@ -41,21 +41,11 @@ from fathom_desktop.engine.types import (
     StreamEvent,
     TextDelta,
 )
-from fathom_desktop.terminal import ctrl_c_cancels, gpu_layers_option
+from fathom_desktop.terminal import ctrl_c_cancels, gpu_layers_option, positive_option
 
 PROG = "fathom-chat"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 DIM, RESET = "\033[2m", "\033[0m"
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
 
 
 def _non_negative(value: str) -> int:
@@ -132,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="add Fathom's evaluation instruction (reason step by step, \\boxed{} answer)",
     )
-    parser.add_argument("--max-tokens", type=_positive, help="stop the reply after N tokens")
+    parser.add_argument("--max-tokens", type=positive_option, help="stop the reply after N tokens")
     parser.add_argument("--temperature", type=_temperature, default=FATHOM_TEMPERATURE)
     parser.add_argument("--top-p", type=_top_p, default=FATHOM_TOP_P)
     parser.add_argument("--seed", type=int, help="sampling seed, for repeatable replies")
@@ -143,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N|auto",
         help="layers to offload to the GPU (default: auto, from the VRAM planner)",
     )
-    parser.add_argument("--n-ctx", type=_positive, default=FATHOM_N_CTX, help="context size")
+    parser.add_argument("--n-ctx", type=positive_option, default=FATHOM_N_CTX, help="context size")
     parser.add_argument("--kv-cache-type", choices=get_args(KvCacheType), default="f16")
     parser.add_argument(
         "--flash-attn",
@@ -151,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="flash attention (default: on where the build supports it)",
     )
-    parser.add_argument("--threads", type=_positive, help="CPU threads for generation")
+    parser.add_argument("--threads", type=positive_option, help="CPU threads for generation")
     parser.add_argument(
         "--thinking-budget",
         type=_non_negative,
@@ -160,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--consensus",
-        type=_positive,
+        type=positive_option,
         metavar="K",
         help="sample K replies and majority-vote their \\boxed{} answers (needs --prompt)",
     )
     parser.add_argument(
         "--parallel",
-        type=_positive,
+        type=positive_option,
         metavar="P",
         help="with --consensus: decode at most P samples at once (default: as many as fit)",
     )

@@ -44,7 +44,7 @@ from fathom_desktop.engine.types import (
     LoadOptions,
     SamplingParams,
 )
-from fathom_desktop.terminal import ctrl_c_cancels
+from fathom_desktop.terminal import ctrl_c_cancels, positive_option
 
 PROG = "fathom-eval"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -183,30 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("problems", type=Path, metavar="PROBLEMS.jsonl")
     parser.add_argument("--model", type=Path, help="the GGUF model (default: the demo model)")
-    parser.add_argument("--samples", type=_positive, default=1, metavar="K", help="default 1")
+    parser.add_argument("--samples", type=positive_option, default=1, metavar="K", help="default 1")
     parser.add_argument(
-        "--parallel", type=_positive, metavar="P", help="decode at most P samples at once"
+        "--parallel", type=positive_option, metavar="P", help="decode at most P samples at once"
     )
-    parser.add_argument("--max-tokens", type=_positive, metavar="N", help="per sample")
+    parser.add_argument("--max-tokens", type=positive_option, metavar="N", help="per sample")
     parser.add_argument("--out", type=Path, help="append results here; a rerun resumes")
     parser.add_argument(
         "--hub", metavar="DATASET", help="download PROBLEMS.jsonl from this Hugging Face dataset"
     )
     parser.add_argument("--temperature", type=float, default=FATHOM_TEMPERATURE)
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    parser.add_argument("--n-ctx", type=_positive, default=FATHOM_N_CTX)
-    parser.add_argument("--threads", type=_positive, help="CPU threads")
+    parser.add_argument("--n-ctx", type=positive_option, default=FATHOM_N_CTX)
+    parser.add_argument("--threads", type=positive_option, help="CPU threads")
     return parser
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,17 @@ from contextlib import contextmanager
 from fathom_desktop.engine.types import GenerationControl
 
 
+def positive_option(value: str) -> int:
+    """A whole number of at least 1 (tokens, threads, samples, context size)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def gpu_layers_option(value: str) -> int | None:
     """`--gpu-layers`: a number of layers, -1 for all, or "auto" (None: the planner decides)."""
     if value == "auto":
