@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from convert.download import read_source
+from convert.quantize import basename_of
 from fathom_desktop import paths
 from fathom_desktop.engine.errors import ModelFileError
 from fathom_desktop.engine.gguf_check import check_model_file
@@ -55,6 +56,8 @@ from fathom_desktop.gui.model_list import (
     discover_models,
     human_size,
 )
+from fathom_desktop.level_choice import Fit, LevelFacts, best_level
+from fathom_desktop.model_setup import measured_levels
 
 DEFAULT_QUANT = "Q4_K_M"
 ERROR_STYLE = "color: #b00020;"
@@ -213,6 +216,11 @@ class FirstRunDialog(QDialog):
         self.quant_grid.setHorizontalSpacing(16)
         self.quant_grid.setColumnStretch(3, 1)
         layout.addLayout(self.quant_grid)
+        # One line: which level suits this GPU, and why (level_choice.best_level).
+        self.recommend_label = QLabel()
+        self.recommend_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.recommend_label.setWordWrap(True)
+        layout.addWidget(self.recommend_label)
         self.keep_box = QCheckBox(f"Also keep the unquantized {UNQUANTIZED_NAME} file")
         layout.addWidget(self.keep_box)
         start = QPushButton("Quantize")
@@ -325,24 +333,50 @@ class FirstRunDialog(QDialog):
         self._source = (source.repo_id, source.revision) if source else (None, None)
         self._config_json = folder / "config.json"
         models_dir = self._models_dir
+
+        def convert(progress: JobProgress, cancel: threading.Event) -> object:
+            made = convert_folder(folder, models_dir, progress, cancel)
+            # Earlier measurements of this model's levels inform the recommendation.
+            return made, measured_levels(models_dir, basename_of(made))
+
         self._run(
             f"Converting {folder.name}",
-            lambda progress, cancel: convert_folder(folder, models_dir, progress, cancel),
-            self._converted,
+            convert,
+            lambda result: self._converted(*result),  # type: ignore[misc]
         )
 
-    def _converted(self, result: object) -> None:
+    def _converted(
+        self, result: object, measured: dict[str, tuple[float, float]] | None = None
+    ) -> None:
         assert isinstance(result, Path)
         self._unquantized = result
+        options = quant_options(self._config_json or Path(), self._gpu)
+        measured = measured or {}
+        recommendation = best_level(
+            [
+                LevelFacts(
+                    option.name,
+                    option.estimated_bytes,
+                    Fit.from_label(option.fit),
+                    *measured.get(option.name, (None, None)),
+                    fit_label=option.fit,
+                )
+                for option in options
+            ]
+        )
+        recommended = recommendation.level.name if recommendation else DEFAULT_QUANT
+        self.recommend_label.setText(
+            f"Recommended: {recommendation.reason}" if recommendation else ""
+        )
         while self.quant_grid.count():
             item = self.quant_grid.takeAt(0)
             if item.widget() is not None:
                 item.widget().deleteLater()
         self.quant_boxes.clear()
-        for row, option in enumerate(quant_options(self._config_json or Path(), self._gpu)):
+        for row, option in enumerate(options):
             box = QCheckBox(option.name)
             box.setObjectName(option.name)
-            box.setChecked(option.name == DEFAULT_QUANT)
+            box.setChecked(option.name == recommended)
             self.quant_boxes[option.name] = box
             size = f"≈ {human_size(option.estimated_bytes)}" if option.estimated_bytes else "?"
             self.quant_grid.addWidget(box, row, 0)

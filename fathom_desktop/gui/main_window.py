@@ -154,6 +154,7 @@ class MainWindow(QMainWindow):
         self.chat.continue_requested.connect(self.session.continue_reply)
         self.chat.welcome.prompt_chosen.connect(self._put_in_composer)
         self.chat.welcome.get_model_requested.connect(self.open_model_dialog)
+        self.chat.welcome.get_fathom_requested.connect(self.open_get_fathom)
         self.meter = ContextMeter(self)
         self.composer = Composer(self)
         self.composer.send_requested.connect(self.session.send)
@@ -206,6 +207,7 @@ class MainWindow(QMainWindow):
             file_menu, "&Open or download a model…", self.open_model_dialog,
             QKeySequence.StandardKey.Open,
         )  # fmt: skip
+        action(file_menu, "&Get Fathom-R1-14B…", self.open_get_fathom)
         self.export_action = action(
             file_menu,
             "&Export conversation…",
@@ -234,6 +236,11 @@ class MainWindow(QMainWindow):
         from fathom_desktop.gui.get_model import open_model_dialog
 
         open_model_dialog(self, self.store, self.load_model, self.show_banner)
+
+    def open_get_fathom(self) -> None:
+        from fathom_desktop.gui.get_fathom import open_get_fathom
+
+        open_get_fathom(self, self.store, self.load_model, self.show_banner)
 
     def _put_in_composer(self, text: str) -> None:
         self.composer.set_text(text)
@@ -373,6 +380,7 @@ class MainWindow(QMainWindow):
 
         dialog = SettingsDialog(self.store, self)
         dialog.applied.connect(self.apply_settings)
+        dialog.get_fathom_requested.connect(self.open_get_fathom)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
 

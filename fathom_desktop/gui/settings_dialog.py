@@ -167,6 +167,7 @@ class SettingsDialog(QDialog):
     """Edits a SettingsStore; `applied` carries the keys that changed (and were saved)."""
 
     applied = Signal(list)
+    get_fathom_requested = Signal()  # the window opens the Get Fathom-R1-14B flow
 
     def __init__(
         self,
@@ -264,9 +265,15 @@ class SettingsDialog(QDialog):
         folder.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         browse = QPushButton("Add a GGUF file…")
         browse.clicked.connect(self._browse_model)
+        self.get_fathom_button = QPushButton("Get Fathom-R1-14B…")
+        self.get_fathom_button.setToolTip(
+            "Download, convert, make and measure the level that suits this computer, and load it"
+        )
+        self.get_fathom_button.clicked.connect(self.get_fathom_requested)
         row = QHBoxLayout()
         row.addWidget(folder, 1)
         row.addWidget(browse)
+        row.addWidget(self.get_fathom_button)
         layout.addWidget(QLabel("Model and quantization level"))
         layout.addWidget(self.gpu_label)
         layout.addWidget(self.model_list)

@@ -11,7 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 from fathom_desktop.demo import DEMO_NAME
 from fathom_desktop.engine.planner import layers_on_gpu
@@ -59,9 +67,9 @@ MODEL_ABOUT = (
 )
 GET_FATHOM = (
     "Fathom-R1-14B, the model this app is made for, is on Hugging Face as "
-    f"{FATHOM_REPO}. File › Open or download a model… opens a GGUF you have, converts a "
-    "downloaded checkpoint folder, or downloads it for you and makes the quantization level "
-    "that fits your GPU."
+    f"{FATHOM_REPO}. Get Fathom-R1-14B… downloads it, then makes, measures and loads the "
+    "quantization level that suits your GPU; Open or download a model… opens a GGUF you have "
+    "or converts a checkpoint folder."
 )
 
 
@@ -75,6 +83,7 @@ class WelcomeView(QFrame):
 
     prompt_chosen = Signal(str)
     get_model_requested = Signal()
+    get_fathom_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -95,6 +104,8 @@ class WelcomeView(QFrame):
             button.clicked.connect(lambda _checked=False, b=button: self._choose(b))
         self.get_label = self._label("welcomeGet")
         self.get_label.setText(GET_FATHOM)
+        self.get_fathom_button = QPushButton("Get Fathom-R1-14B…", self)
+        self.get_fathom_button.clicked.connect(self.get_fathom_requested)
         self.get_button = QPushButton("Open or download a model…", self)
         self.get_button.clicked.connect(self.get_model_requested)
 
@@ -110,7 +121,11 @@ class WelcomeView(QFrame):
             layout.addWidget(button)
         layout.addSpacing(8)
         layout.addWidget(self.get_label)
-        layout.addWidget(self.get_button, alignment=Qt.AlignmentFlag.AlignLeft)
+        get_row = QHBoxLayout()
+        get_row.addWidget(self.get_fathom_button)
+        get_row.addWidget(self.get_button)
+        get_row.addStretch(1)
+        layout.addLayout(get_row)
         self.show_no_model()
 
     def _label(self, name: str) -> QLabel:

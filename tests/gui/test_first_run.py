@@ -298,14 +298,18 @@ def test_converts_a_checkpoint_then_quantizes_the_chosen_level(
     assert dialog.error_text() == ""
     bf16 = models / f"{tiny_checkpoint.name}-BF16.gguf"
     assert bf16.is_file()
-    # The ladder is offered with size and fit estimates; Q4_K_M is the default.
-    assert "Q8_0" in dialog.quant_boxes and dialog.quant_boxes["Q4_K_M"].isChecked()
+    # The ladder is offered with size and fit estimates, and the best level that fits is
+    # recommended (every level of the tiny model fits: the largest), with the reason.
     assert _quant_row(dialog, "Q8_0")[1] == "fits on GPU"
+    checked = [name for name, box in dialog.quant_boxes.items() if box.isChecked()]
+    assert checked == ["Q8_0"]
+    assert dialog.recommend_label.text().startswith("Recommended: Q8_0 (")
+    assert dialog.recommend_label.text().endswith(
+        "the largest, so least lossy, level that fits fully on the GPU (quality not measured yet)."
+    )
     dialog.resize(640, 420)
     _shot(dialog, "first_run_quants.png")
 
-    dialog.quant_boxes["Q4_K_M"].setChecked(False)
-    dialog.quant_boxes["Q8_0"].setChecked(True)
     dialog.start_quantize()
     qtbot.waitUntil(lambda: dialog.page() is not Page.WORKING, timeout=JOB_TIMEOUT_MS)
     assert dialog.error_text() == ""
@@ -360,3 +364,28 @@ def test_cancel_stops_a_conversion_and_keeps_nothing(
     assert dialog.page() is Page.WELCOME
     assert dialog.error_text() == "Cancelled; nothing unfinished was kept."
     assert list(paths.models_dir().iterdir()) == []
+
+
+def test_the_recommendation_prefers_a_measured_level_that_fits_fully(
+    dialog: FirstRunDialog, tmp_path: Path
+) -> None:
+    """On a 16 GB card only some Fathom levels fit fully; of those, the one measured to lose
+    least is recommended (here, to show that the measurement decides, not the size, the
+    smallest), and the line says why."""
+    from fathom_desktop.gui import first_run
+
+    config = Path(__file__).resolve().parents[1] / "fixtures" / "fathom-r1-14b" / "config.json"
+    dialog._config_json = config
+    gpu = GpuInfo(name="Fake RTX 4080", total_bytes=16 * 2**30, free_bytes=int(15.5 * 2**30))
+    dialog._gpu = gpu
+    options = {o.name: o for o in first_run.quant_options(config, gpu)}
+    full = [name for name, o in options.items() if o.fit == "fits on GPU"]
+    assert len(full) >= 2 and len(full) < len(options)  # the premise: some fit, some do not
+    measured = {name: (0.05 + 0.01 * i, 0.9) for i, name in enumerate(reversed(full))}
+    dialog._converted(write_model_header(tmp_path / "Fathom-R1-14B-BF16.gguf"), measured)
+    best = min(full, key=lambda name: measured[name][0])
+    assert [n for n, box in dialog.quant_boxes.items() if box.isChecked()] == [best]
+    text = dialog.recommend_label.text()
+    assert text.startswith(f"Recommended: {best} (")
+    assert "the least quality lost of the levels that fit fully on the GPU" in text
+    assert f"KLD {measured[best][0]:.4f}" in text

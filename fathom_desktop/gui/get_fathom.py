@@ -1,0 +1,480 @@
+"""Get Fathom-R1-14B: one dialog from nothing to the recommended level, measured and loaded.
+
+Opened from File › Get Fathom-R1-14B…, the empty chat's welcome view and Settings › Model. The
+steps are model_setup's; they run one after another on a worker thread, each in its own child
+process, so the window stays responsive and never loads llama.cpp. Cancel stops the step at
+hand and keeps the finished ones; closing the dialog cancels too. Reopened (even after a
+restart), the dialog shows what is done and continues from the first step that is not.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
+from PySide6.QtWidgets import (
+    QDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from fathom_desktop.engine.types import FATHOM_N_CTX
+from fathom_desktop.gui.background import BackgroundJobs
+from fathom_desktop.gui.model_list import describe_gpu, human_size, probe_gpu
+from fathom_desktop.level_choice import Recommendation
+from fathom_desktop.model_setup import (
+    STEPS,
+    SetupPlan,
+    SetupState,
+    Step,
+    StepCancelled,
+    choose_level,
+    default_plan,
+    gpu_layers_for_reference,
+    next_step,
+    read_state,
+    run_step,
+    skipped,
+    step_done,
+    write_state,
+)
+from fathom_desktop.settings import SettingsSaveError, SettingsStore
+
+ERROR_STYLE = "color: #b00020;"
+TITLE = "Get Fathom-R1-14B"
+CANCELLED = "Cancelled; the finished steps are kept, and Continue goes on from here."
+
+# What each step is called in the list ({level}: the level chosen after the conversion).
+STEP_TEXT = {
+    Step.DOWNLOAD: "Download the checkpoint from Hugging Face (about 30 GB)",
+    Step.CONVERT: "Convert it to a BF16 GGUF (about 30 GB)",
+    Step.IMATRIX: "Make the importance matrix",
+    Step.QUANTIZE: "Make {level}",
+    Step.MEASURE: "Measure {level}'s quality against BF16",
+}
+LOAD_TEXT = "Load {level}"
+# Steps whose progress counts tokens rather than bytes.
+TOKEN_STEPS = frozenset({Step.IMATRIX, Step.MEASURE})
+MARK = {"done": "✓", "now": "▶", "todo": "·", "skip": "–", "failed": "✗"}
+
+
+class SetupRun(QObject):
+    """Runs the remaining steps on its own QThread; reports back through signals."""
+
+    step_started = Signal(object)  # Step
+    step_finished = Signal(object, object)  # Step, SetupState (a copy)
+    progress = Signal(str, int, int, str)  # title, done, total, message
+    recommended = Signal(object, object)  # Recommendation, SetupState
+    finished = Signal(object)  # SetupState
+    failed = Signal(str)
+    cancelled = Signal(str)
+
+    def __init__(self, plan: SetupPlan) -> None:
+        super().__init__()
+        self.plan = plan
+        self.cancel = threading.Event()
+        self.thread = QThread()
+        self.moveToThread(self.thread)
+        # Direct: started is emitted in the new thread, where this object now lives.
+        self.thread.started.connect(self.run, Qt.ConnectionType.DirectConnection)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    @Slot()
+    def run(self) -> None:
+        try:
+            self._run()
+        except StepCancelled:
+            self.cancelled.emit(CANCELLED)
+        except Exception as error:  # every failure reaches the user as one line
+            if self.cancel.is_set():
+                self.cancelled.emit(CANCELLED)
+            else:
+                text = " ".join(str(error).split()) or type(error).__name__
+                self.failed.emit(text)
+        finally:
+            self.thread.quit()
+
+    def _run(self) -> None:
+        plan = self.plan
+        state = read_state(plan)
+        gpu = probe_gpu()
+        config_json = plan.checkpoint_dir / "config.json"
+        while (step := next_step(plan, state)) is not None:
+            if self.cancel.is_set():
+                raise StepCancelled
+            if step is not Step.DOWNLOAD and state.level is None:
+                state = self._choose(plan, state, gpu)
+                continue  # the imatrix may now be unneeded
+            if step is not Step.DOWNLOAD and config_json.is_file() and plan.gpu_layers is None:
+                plan = replace(plan, gpu_layers=gpu_layers_for_reference(config_json, gpu))
+            self.step_started.emit(step)
+            result = run_step(plan, step, state.level, self.progress.emit, self.cancel)
+            state.mark_done(step)
+            if step is Step.MEASURE:
+                state.measured = result["stats"]
+            write_state(plan, state)
+            self.step_finished.emit(step, _copy(state))
+            if step is Step.MEASURE and state.level is not None:
+                measured = {state.level: result["stats"]}
+                again = choose_level(plan, gpu, FATHOM_N_CTX, measured)
+                if again.level.name == state.level:
+                    state.reason = again.reason
+                    write_state(plan, state)
+                    self.recommended.emit(again, _copy(state))
+        self.finished.emit(_copy(state))
+
+    def _choose(self, plan: SetupPlan, state: SetupState, gpu) -> SetupState:
+        chosen = choose_level(plan, gpu, FATHOM_N_CTX)
+        state.level, state.reason = chosen.level.name, chosen.reason
+        write_state(plan, state)
+        self.recommended.emit(chosen, _copy(state))
+        return state
+
+    def stop_and_wait(self) -> None:
+        self.cancel.set()
+        self.thread.quit()
+        self.thread.wait()
+
+
+def _copy(state: SetupState) -> SetupState:
+    return SetupState(list(state.done), state.level, state.reason, state.measured)
+
+
+class GetFathomDialog(QDialog):
+    """The flow's window; `model_ready` carries the level to load when the flow completes."""
+
+    model_ready = Signal(object)  # Path
+    step_started = Signal(object)  # Step, on the GUI thread
+
+    def __init__(self, parent: QWidget | None = None, *, plan: SetupPlan | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(TITLE)
+        self.setMinimumWidth(640)
+        self.plan = plan if plan is not None else default_plan()
+        self.state = SetupState()
+        self._run: SetupRun | None = None
+        self._current: Step | None = None
+        self._failed: Step | None = None
+        self._checked = False
+        self._done_on_disk: frozenset[Step] = frozenset()
+        self._background = BackgroundJobs(self)
+
+        intro = QLabel(
+            f"This downloads {self.plan.repo_id} from huggingface.co, converts it, makes the "
+            "quantization level that suits this computer, measures what that level loses against "
+            "the full-precision model, and loads it. It needs about 70 GB of free disk space and "
+            "takes a while; you can chat with the current model meanwhile, and Cancel or closing "
+            "this window keeps the finished steps for next time."
+        )
+        intro.setWordWrap(True)
+        self.gpu_label = QLabel("GPU: checking…")
+        self.gpu_label.setTextFormat(Qt.TextFormat.PlainText)
+        folder = QLabel(f"Models are kept in {self.plan.models_dir}")
+        folder.setTextFormat(Qt.TextFormat.PlainText)
+        folder.setWordWrap(True)
+
+        grid = QGridLayout()
+        grid.setColumnStretch(1, 1)
+        self.step_marks: dict[Step | None, QLabel] = {}
+        self.step_labels: dict[Step | None, QLabel] = {}
+        for row, step in enumerate((*STEPS, None)):  # None: loading the level
+            mark, label = QLabel(), QLabel()
+            label.setTextFormat(Qt.TextFormat.PlainText)
+            mark.setFixedWidth(18)
+            grid.addWidget(mark, row, 0)
+            grid.addWidget(label, row, 1)
+            self.step_marks[step], self.step_labels[step] = mark, label
+
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.hide()
+        self.detail_label = QLabel()
+        self.detail_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.recommend_label = QLabel()
+        self.recommend_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.recommend_label.setWordWrap(True)
+        self.recommend_label.hide()
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.error_label.setStyleSheet(ERROR_STYLE)
+        self.error_label.hide()
+
+        self.start_button = QPushButton("Start")
+        self.start_button.setDefault(True)
+        self.start_button.setEnabled(False)  # until the saved state is read
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.hide()
+        self.close_button = QPushButton("Close")
+        self.close_button.clicked.connect(self.reject)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        for button in (self.start_button, self.cancel_button, self.close_button):
+            buttons.addWidget(button)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        layout.addWidget(self.gpu_label)
+        layout.addWidget(folder)
+        layout.addSpacing(6)
+        layout.addLayout(grid)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.detail_label)
+        layout.addWidget(self.recommend_label)
+        layout.addWidget(self.error_label)
+        layout.addStretch(1)
+        layout.addLayout(buttons)
+
+        self._show_steps()
+        plan_now = self.plan
+        # The state file, the manifest and the GPU are read aside (a slow disk, NVML).
+        self._background.run(lambda: _saved(plan_now), self._state_read)
+        self._background.run(probe_gpu, lambda gpu: self.gpu_label.setText(describe_gpu(gpu)))
+
+    # -- what is shown -------------------------------------------------------------------------
+
+    def _state_read(self, saved: tuple[SetupState, frozenset[Step]]) -> None:
+        self.state, done = saved
+        self._done_on_disk = done
+        self._checked = True
+        self._show_steps()
+        if self.state.reason:
+            self._show_recommendation(self.state.reason)
+        self._set_idle()
+
+    def _show_steps(self) -> None:
+        level = self.state.level or "the recommended level"
+        done = self._done_on_disk
+        for step in STEPS:
+            text = STEP_TEXT[step].format(level=level)
+            if step is Step.IMATRIX and skipped(self.plan, self.state, step):
+                text += f" (not needed for {self.state.level})"
+                mark = "skip"
+            elif step is self._current:
+                mark = "now"
+            elif step is self._failed:
+                mark = "failed"
+            elif step in done:
+                mark = "done"
+            else:
+                mark = "todo"
+            self._mark(step, mark, text)
+        loaded = self.state.level is not None and len(done) == len(STEPS)
+        self._mark(
+            None, "done" if loaded and self._run is None else "todo", LOAD_TEXT.format(level=level)
+        )
+
+    def _mark(self, step: Step | None, mark: str, text: str) -> None:
+        self.step_marks[step].setText(MARK[mark])
+        self.step_marks[step].setObjectName(mark)
+        label = self.step_labels[step]
+        label.setText(text)
+        font = label.font()
+        font.setBold(mark == "now")
+        label.setFont(font)
+
+    def step_mark(self, step: Step | None) -> str:
+        """ "done", "now", "todo", "skip" or "failed", as the list shows it."""
+        return self.step_marks[step].objectName()
+
+    def _show_recommendation(self, reason: str) -> None:
+        self.recommend_label.setText(f"Recommended: {reason}")
+        self.recommend_label.show()
+
+    def recommendation_text(self) -> str:
+        return self.recommend_label.text() if not self.recommend_label.isHidden() else ""
+
+    def error_text(self) -> str:
+        return self.error_label.text() if not self.error_label.isHidden() else ""
+
+    def _show_error(self, text: str) -> None:
+        self.error_label.setText(text)
+        self.error_label.setVisible(bool(text))
+
+    def _set_idle(self) -> None:
+        done = self._done_on_disk
+        self.cancel_button.hide()
+        self.close_button.setText("Close")
+        self.progress_bar.hide()
+        self.start_button.setVisible(True)
+        self.start_button.setEnabled(self._checked)
+        if self.state.level is not None and len(done) == len(STEPS):
+            self.start_button.setText(f"Load {self.state.level}")
+            self.detail_label.setText("Everything is done.")
+        elif done:
+            first = next(step for step in STEPS if step not in done)
+            self.start_button.setText("Continue")
+            self.detail_label.setText(f"Continues with: {self._step_name(first)}.")
+        else:
+            self.start_button.setText("Start")
+            self.detail_label.setText("")
+
+    def _step_name(self, step: Step) -> str:
+        text = STEP_TEXT[step].format(level=self.state.level or "the recommended level")
+        return text.split(" (")[0].lower()
+
+    def running(self) -> bool:
+        return self._run is not None
+
+    # -- running -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._run is not None or not self._checked:
+            return
+        done = self._done_on_disk
+        if self.state.level is not None and len(done) == len(STEPS):
+            self.model_ready.emit(self.plan.level_file(self.state.level))
+            self._mark(None, "done", LOAD_TEXT.format(level=self.state.level))
+            return
+        self._show_error("")
+        self._failed = None
+        run = SetupRun(self.plan)
+        self._run = run
+        # Queued: the signals are emitted on the run's thread and the slots touch widgets.
+        queued = Qt.ConnectionType.QueuedConnection
+        run.step_started.connect(self._on_step_started, queued)
+        run.step_finished.connect(self._on_step_finished, queued)
+        run.progress.connect(self._on_progress, queued)
+        run.recommended.connect(self._on_recommended, queued)
+        run.finished.connect(self._on_finished, queued)
+        run.failed.connect(self._on_failed, queued)
+        run.cancelled.connect(self._on_cancelled, queued)
+        self.start_button.hide()
+        self.cancel_button.show()
+        self.cancel_button.setEnabled(True)
+        self.close_button.setText("Close (cancels)")
+        self.detail_label.setText("Starting…")
+        run.start()
+
+    def cancel(self) -> None:
+        if self._run is not None:
+            self.cancel_button.setEnabled(False)
+            self.detail_label.setText("Cancelling…")
+            self._run.cancel.set()
+
+    @Slot(object)
+    def _on_step_started(self, step: Step) -> None:
+        self._current = step
+        self.progress_bar.setRange(0, 0)
+        self.progress_bar.show()
+        self.detail_label.setText("Starting…")
+        self._show_steps()
+        self.step_started.emit(step)
+
+    @Slot(object, object)
+    def _on_step_finished(self, step: Step, state: SetupState) -> None:
+        self.state = state
+        self._done_on_disk = self._done_on_disk | {step}
+        self._current = None
+        self._show_steps()
+
+    @Slot(str, int, int, str)
+    def _on_progress(self, title: str, done: int, total: int, message: str) -> None:
+        if self._run is None or self._run.cancel.is_set():
+            return
+        tokens = self._current in TOKEN_STEPS and not title.startswith("sha256")
+        if total > 0:
+            self.progress_bar.setRange(0, 1000)  # permille: a 30 GB total overflows an int
+            self.progress_bar.setValue(int(1000 * min(done, total) / total))
+            amount = (
+                f"{done:,} of {total:,} tokens"
+                if tokens
+                else f"{human_size(done)} of {human_size(total)}"
+            )
+            detail = f"{title}: {amount}"
+        else:
+            self.progress_bar.setRange(0, 0)
+            detail = title
+        self.detail_label.setText(f"{detail}  {message}".strip())
+
+    @Slot(object, object)
+    def _on_recommended(self, chosen: Recommendation, state: SetupState) -> None:
+        self.state = state
+        self._show_recommendation(chosen.reason)
+        self._show_steps()
+
+    def _end_run(self) -> None:
+        if self._run is not None:
+            self._run.thread.wait()
+            self._run = None
+        self._current = None
+
+    @Slot(object)
+    def _on_finished(self, state: SetupState) -> None:
+        self._end_run()
+        self.state = state
+        self._done_on_disk = frozenset(STEPS)
+        self._set_idle()
+        self._show_steps()
+        if state.level is not None:
+            self.model_ready.emit(self.plan.level_file(state.level))
+
+    @Slot(str)
+    def _on_failed(self, reason: str) -> None:
+        self._failed = self._current
+        self._end_run()
+        self._set_idle()
+        self._show_steps()
+        self._show_error(reason)
+
+    @Slot(str)
+    def _on_cancelled(self, reason: str) -> None:
+        self._end_run()
+        self._set_idle()
+        self._show_steps()
+        self._show_error(reason)
+
+    def reject(self) -> None:
+        # Closing mid-step cancels it and waits for the child to stop (a few seconds at most),
+        # so no thread outlives the dialog.
+        if self._run is not None:
+            self._run.stop_and_wait()
+            self._run = None
+        super().reject()
+
+
+def _saved(plan: SetupPlan) -> tuple[SetupState, frozenset[Step]]:
+    """The saved state and which steps are done on disk (reads files: call it off the GUI)."""
+    state = read_state(plan)
+    return state, frozenset(step for step in STEPS if step_done(plan, state, step))
+
+
+def open_get_fathom(
+    parent: QWidget,
+    store: SettingsStore,
+    load: Callable[[], None],
+    warn: Callable[[str], None],
+    plan: SetupPlan | None = None,
+) -> GetFathomDialog:
+    """Show the flow (non-modal, one at a time); its level becomes the model setting and loads."""
+    for existing in parent.findChildren(GetFathomDialog):
+        if existing.isVisible():
+            existing.raise_()
+            existing.activateWindow()
+            return existing
+    dialog = GetFathomDialog(parent, plan=plan)
+    dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+    def ready(path: Path) -> None:
+        store.set("model_path", str(path))
+        try:
+            store.save()
+        except SettingsSaveError as error:  # the model is still used for this run
+            warn(str(error))
+        load()
+
+    dialog.model_ready.connect(ready)
+    dialog.show()
+    return dialog

@@ -1,0 +1,675 @@
+"""Getting Fathom-R1-14B, from the Hub to a loaded, measured quantization level.
+
+The steps, in order: download the checkpoint, convert it to a BF16 GGUF, make the importance
+matrix (only when the chosen level is made with one), quantize the level recommended for this
+GPU (`level_choice.best_level`), measure its quality against the BF16, and hand it to the window
+to load. Each step is a plain function run in a child process (`run_step`): the window process
+never loads llama.cpp, the window stays responsive, and Cancel (or the window going away) stops
+the child, whose steps write only through `atomic_output` (no file that looks finished is left).
+
+What is done is kept in a small JSON file in the models folder, written atomically after each
+step, so the flow continues after a restart from the first step not done. A step only counts as
+done when its output is still there; the manifest that `fathom-convert` writes also counts, so a
+folder made on the command line is picked up too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from convert.atomic import atomic_output, partial_path, require_free_space
+from convert.errors import ConversionError
+from convert.quantize import LADDER, ImatrixUse, output_name, quant_type
+from fathom_desktop.engine.planner import GpuInfo
+from fathom_desktop.level_choice import Fit, LevelFacts, Recommendation, best_level
+
+log = logging.getLogger(__name__)
+
+FATHOM_REPO = "FractalAIResearch/Fathom-R1-14B"
+STATE_VERSION = 1
+UNQUANTIZED = "BF16"
+# Time a cancelled child gets to unwind (delete its partial output) before it is killed.
+CANCEL_GRACE_S = 5.0
+POLL_S = 0.2
+# Report progress from the child at most this often: a message per tensor would be wasted.
+REPORT_INTERVAL_S = 0.1
+DOWNLOAD_METER_S = 0.5
+
+
+class Step(enum.Enum):
+    DOWNLOAD = "download"
+    CONVERT = "convert"
+    IMATRIX = "imatrix"
+    QUANTIZE = "quantize"
+    MEASURE = "measure"
+
+
+STEPS: tuple[Step, ...] = tuple(Step)
+
+
+class StepCancelled(Exception):
+    """The user cancelled the step; nothing unfinished was kept."""
+
+
+# -- where everything goes ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetupPlan:
+    """The flow's fixed inputs: what to fetch, where each output goes, how to run the models."""
+
+    repo_id: str
+    checkpoint_dir: Path
+    models_dir: Path
+    # Levels the recommendation chooses from (default: the whole ladder).
+    candidates: tuple[str, ...] = tuple(q.name for q in LADDER)
+    # Calibration and measurement chunks (None: the whole shipped text, as fathom-convert does).
+    imatrix_chunks: int | None = None
+    measure_chunks: int | None = None
+    # Layers on the GPU for the imatrix and the measurement (None: llama.cpp's default, all).
+    gpu_layers: int | None = None
+
+    @property
+    def basename(self) -> str:
+        return self.repo_id.rsplit("/", 1)[-1]
+
+    @property
+    def bf16(self) -> Path:
+        return self.models_dir / output_name(self.basename, UNQUANTIZED)
+
+    @property
+    def imatrix(self) -> Path:
+        return self.models_dir / f"{self.basename}-imatrix.gguf"
+
+    @property
+    def state_file(self) -> Path:
+        # Hidden, like the pipeline's other unfinished things: the model list skips it.
+        return self.models_dir / f".get-{self.basename}.json"
+
+    def level_file(self, level: str) -> Path:
+        return self.models_dir / output_name(self.basename, level)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["checkpoint_dir"] = str(self.checkpoint_dir)
+        data["models_dir"] = str(self.models_dir)
+        data["candidates"] = list(self.candidates)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SetupPlan:
+        return cls(
+            repo_id=data["repo_id"],
+            checkpoint_dir=Path(data["checkpoint_dir"]),
+            models_dir=Path(data["models_dir"]),
+            candidates=tuple(data["candidates"]),
+            imatrix_chunks=data["imatrix_chunks"],
+            measure_chunks=data["measure_chunks"],
+            gpu_layers=data["gpu_layers"],
+        )
+
+
+def default_plan(repo_id: str = FATHOM_REPO) -> SetupPlan:
+    from fathom_desktop import paths
+
+    return SetupPlan(
+        repo_id=repo_id,
+        checkpoint_dir=paths.data_dir() / "checkpoints" / repo_id.replace("/", "--"),
+        models_dir=paths.models_dir(),
+    )
+
+
+# -- what is done -------------------------------------------------------------------------------
+
+
+@dataclass
+class SetupState:
+    done: list[str] = field(default_factory=list)  # Step values, in the order they finished
+    level: str | None = None  # the level chosen to make (after the conversion)
+    reason: str = ""  # why, in one line
+    measured: dict[str, Any] | None = None  # the measured stats of the level
+
+    def is_done(self, step: Step) -> bool:
+        return step.value in self.done
+
+    def mark_done(self, step: Step) -> None:
+        if step.value not in self.done:
+            self.done.append(step.value)
+
+
+def read_state(plan: SetupPlan) -> SetupState:
+    """The saved state; a missing or unreadable file means nothing was recorded."""
+    try:
+        data = json.loads(plan.state_file.read_text(encoding="utf-8"))
+        if data.get("version") != STATE_VERSION or data.get("repo_id") != plan.repo_id:
+            return SetupState()
+        return SetupState(
+            done=[str(s) for s in data.get("done", []) if s in {x.value for x in STEPS}],
+            level=data.get("level"),
+            reason=str(data.get("reason", "")),
+            measured=data.get("measured"),
+        )
+    except FileNotFoundError:
+        return SetupState()
+    except (OSError, ValueError, AttributeError, TypeError) as error:
+        log.warning("ignoring %s: %s", plan.state_file, error)
+        return SetupState()
+
+
+def write_state(plan: SetupPlan, state: SetupState) -> None:
+    data = {"version": STATE_VERSION, "repo_id": plan.repo_id, **asdict(state)}
+    with atomic_output(plan.state_file) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _in_manifest(path: Path) -> bool:
+    """Whether `fathom-convert` recorded this very file (same size) as finished."""
+    from convert.manifest import read_manifest
+
+    try:
+        entry = read_manifest(path.parent).files.get(path.name)
+        return entry is not None and path.is_file() and entry.size_bytes == path.stat().st_size
+    except (ConversionError, OSError):
+        return False
+
+
+def needs_imatrix(level: str | None) -> bool:
+    return level is not None and quant_type(level).imatrix is not ImatrixUse.NONE
+
+
+def step_done(plan: SetupPlan, state: SetupState, step: Step) -> bool:
+    """Done when recorded and its output is still there (or fathom-convert recorded it)."""
+    from convert.download import read_source
+
+    if step is Step.DOWNLOAD:
+        return state.is_done(step) and read_source(plan.checkpoint_dir) is not None
+    if step is Step.CONVERT:
+        return (state.is_done(step) and plan.bf16.is_file()) or _in_manifest(plan.bf16)
+    if step is Step.IMATRIX:
+        if state.level is not None and not needs_imatrix(state.level):
+            return True  # not needed for this level
+        return state.is_done(step) and plan.imatrix.is_file()
+    level_file = plan.level_file(state.level) if state.level else None
+    if level_file is None:
+        return False
+    if step is Step.QUANTIZE:
+        return (state.is_done(step) and level_file.is_file()) or _in_manifest(level_file)
+    return state.is_done(step) and state.measured is not None and level_file.is_file()
+
+
+def next_step(plan: SetupPlan, state: SetupState) -> Step | None:
+    """The first step not done; None when the level is made and measured."""
+    for step in STEPS:
+        if not step_done(plan, state, step):
+            return step
+    return None
+
+
+def skipped(plan: SetupPlan, state: SetupState, step: Step) -> bool:
+    """A step the chosen level does not need (the imatrix for Q5_K_M and above)."""
+    return step is Step.IMATRIX and state.level is not None and not needs_imatrix(state.level)
+
+
+# -- which level ----------------------------------------------------------------------------------
+
+
+def ladder_facts(
+    config_json: Path, gpu: GpuInfo | None, candidates: tuple[str, ...], n_ctx: int
+) -> list[LevelFacts]:
+    """Each candidate level's estimated size and fit on this GPU, from the checkpoint's config."""
+    from fathom_desktop.engine import planner
+
+    facts = []
+    for name in candidates:
+        profile = planner.model_memory_profile(config_json, name, n_ctx=n_ctx)
+        if gpu is None or gpu.problem is not None:
+            label = "CPU only"
+        else:
+            label = profile.plan(gpu.free_bytes).label
+        facts.append(
+            LevelFacts(name, profile.weights_bytes, Fit.from_label(label), None, None, label)
+        )
+    return facts
+
+
+def choose_level(
+    plan: SetupPlan,
+    gpu: GpuInfo | None,
+    n_ctx: int,
+    measured: dict[str, dict[str, Any]] | None = None,
+) -> Recommendation:
+    """The level to make for this GPU (`measured`: stats by level, quoted in the reason);
+    refuses in one line when the checkpoint's config cannot be read."""
+    from fathom_desktop.engine.planner import available_host_bytes
+
+    config_json = plan.checkpoint_dir / "config.json"
+    try:
+        facts = ladder_facts(config_json, gpu, plan.candidates, n_ctx)
+    except (OSError, ValueError, KeyError) as error:
+        raise ConversionError(f"Cannot read {config_json} to choose a level: {error}") from error
+    for level, stats in (measured or {}).items():
+        facts = [
+            replace(f, kld=stats.get("kld_mean"), top1=stats.get("top1")) if f.name == level else f
+            for f in facts
+        ]
+    chosen = best_level(facts, available_host_bytes())
+    if chosen is None:
+        raise ConversionError("No quantization level to choose from.")
+    return chosen
+
+
+def gpu_layers_for_reference(config_json: Path, gpu: GpuInfo | None) -> int:
+    """Layers of the BF16 that fit the GPU: used for it and for the level alike (same settings)."""
+    from fathom_desktop.engine import planner
+
+    if gpu is None or gpu.problem is not None:
+        return 0
+    profile = planner.model_memory_profile(config_json, UNQUANTIZED, n_ctx=512)
+    return profile.plan(gpu.free_bytes).n_gpu_layers
+
+
+# -- disk space -----------------------------------------------------------------------------------
+
+
+def check_space(plan: SetupPlan, step: Step, level: str | None) -> None:
+    """Refuse a step in one line before it starts when the folder has no room for its output.
+
+    The download's size is known only once the Hub answers; its child checks it then."""
+    if step is Step.CONVERT:
+        weights = sum(p.stat().st_size for p in plan.checkpoint_dir.glob("*.safetensors"))
+        require_free_space(plan.models_dir, weights, plan.bf16.name)
+    elif step is Step.QUANTIZE and level is not None and plan.bf16.is_file():
+        bits = quant_type(level).bits_per_weight or 16.0
+        # BF16 holds 16 bits per weight; the level about bits_per_weight.
+        need = int(plan.bf16.stat().st_size * bits / 16)
+        require_free_space(plan.models_dir, need, plan.level_file(level).name)
+    elif step is Step.IMATRIX:
+        require_free_space(plan.models_dir, 0, plan.imatrix.name)
+
+
+# -- the steps (run in the child) ------------------------------------------------------------
+
+
+class ChildProgress:
+    """The pipeline's Progress protocol, sent to the parent through a pipe (throttled).
+
+    `raise_on_cancel`: for steps that take no cancel event (the conversion, the hashing), a
+    cancel raises inside them so that atomic_output removes the partial file."""
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None], cancel: threading.Event) -> None:
+        self._send = send
+        self._cancel = cancel
+        self.raise_on_cancel = True
+        self._last = 0.0
+        self._pending = 0
+
+    def _check(self) -> None:
+        if self.raise_on_cancel and self._cancel.is_set():
+            raise StepCancelled
+
+    def start(self, step: str, total_bytes: int) -> None:
+        self._check()
+        self._flush()
+        self._send(("start", step, total_bytes))
+
+    def advance(self, n_bytes: int) -> None:
+        self._check()
+        self._pending += n_bytes
+        if time.monotonic() - self._last >= REPORT_INTERVAL_S:
+            self._flush()
+
+    def message(self, text: str) -> None:
+        self._check()
+        if time.monotonic() - self._last >= REPORT_INTERVAL_S:
+            self._flush()
+            self._send(("message", text))
+
+    def set_done(self, done_bytes: int) -> None:
+        """For a step that measures how far it is (a download's folder) rather than counting."""
+        self._pending = 0
+        self._send(("set", done_bytes))
+
+    def finish(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        self._last = time.monotonic()
+        if self._pending:
+            self._send(("advance", self._pending))
+            self._pending = 0
+
+
+def _record(
+    path: Path, quant: str, plan: SetupPlan, progress: ChildProgress, imatrix: Path | None
+) -> None:
+    from convert.download import read_source
+    from convert.manifest import describe_file, update_manifest
+
+    source = read_source(plan.checkpoint_dir)
+    entry = describe_file(
+        path,
+        quant,
+        source_repo=source.repo_id if source else plan.repo_id,
+        source_revision=source.revision if source else None,
+        progress=progress,
+        imatrix=imatrix,
+    )
+    try:
+        update_manifest(plan.models_dir, [entry])
+    except ConversionError as error:  # the file is complete and usable; only its record failed
+        log.warning("%s", error)
+
+
+def _convert(
+    plan: SetupPlan, level: str | None, progress: ChildProgress, cancel: threading.Event
+) -> dict[str, Any]:
+    from convert.download import read_source
+    from convert.gguf_convert import convert_checkpoint
+
+    source = read_source(plan.checkpoint_dir)
+    convert_checkpoint(
+        plan.checkpoint_dir,
+        plan.bf16,
+        "bf16",
+        progress=progress,
+        source_repo=source.repo_id if source else plan.repo_id,
+        source_revision=source.revision if source else None,
+    )
+    # Recorded now, so the measurement later reads its sha256 instead of hashing 30 GB again.
+    _record(plan.bf16, UNQUANTIZED, plan, progress, None)
+    return {"file": str(plan.bf16)}
+
+
+def _imatrix(
+    plan: SetupPlan, level: str | None, progress: ChildProgress, cancel: threading.Event
+) -> dict[str, Any]:
+    from convert.imatrix import compute_imatrix
+    from convert.llama_forward import ForwardSettings
+
+    progress.raise_on_cancel = False  # it takes the cancel event and stops between chunks
+    result = compute_imatrix(
+        plan.bf16,
+        plan.imatrix,
+        chunks=plan.imatrix_chunks,
+        settings=ForwardSettings(n_gpu_layers=plan.gpu_layers),
+        progress=progress,
+        cancel=cancel,
+    )
+    return {"file": str(result.path), "chunks": result.chunks}
+
+
+def _quantize(
+    plan: SetupPlan, level: str | None, progress: ChildProgress, cancel: threading.Event
+) -> dict[str, Any]:
+    from convert.quantize import quantize
+
+    assert level is not None
+    guide = plan.imatrix if needs_imatrix(level) else None
+    progress.raise_on_cancel = False  # llama.cpp's child is killed through the cancel event
+    result = quantize(
+        plan.bf16, plan.level_file(level), level, progress=progress, cancel=cancel, imatrix=guide
+    )
+    progress.raise_on_cancel = True
+    _record(result.path, level, plan, progress, guide)
+    return {"file": str(result.path), "size_bytes": result.n_bytes}
+
+
+def _measure(
+    plan: SetupPlan, level: str | None, progress: ChildProgress, cancel: threading.Event
+) -> dict[str, Any]:
+    from convert.evaluate import evaluate
+    from convert.llama_forward import ForwardSettings
+
+    assert level is not None
+    progress.raise_on_cancel = False
+    report = evaluate(
+        plan.bf16,
+        [plan.level_file(level)],
+        chunks=plan.measure_chunks,
+        settings=ForwardSettings(n_gpu_layers=plan.gpu_layers),
+        progress=progress,
+        cancel=cancel,
+    )
+    stats = asdict(report.results[0].stats)
+    return {"stats": stats, "ppl_reference": report.reference_ppl}
+
+
+def _download(
+    plan: SetupPlan, level: str | None, progress: ChildProgress, cancel: threading.Event
+) -> dict[str, Any]:
+    from convert.download import download_checkpoint
+
+    # huggingface-hub reports nothing in between; the folder's growth since the start is the
+    # progress (its metadata and earlier runs' leftovers do not count).
+    stop_meter = threading.Event()
+
+    def meter(total: int, present: int, baseline: int) -> None:
+        while not stop_meter.wait(DOWNLOAD_METER_S):
+            grown = max(0, _folder_bytes(plan.checkpoint_dir) - baseline)
+            progress.set_done(min(total, present + grown))
+
+    def started(total_bytes: int, present_bytes: int) -> None:
+        progress.start(f"Downloading {plan.repo_id}", total_bytes)
+        progress.set_done(present_bytes)
+        baseline = _folder_bytes(plan.checkpoint_dir)
+        args = (total_bytes, present_bytes, baseline)
+        threading.Thread(target=meter, args=args, daemon=True).start()
+
+    try:
+        result = download_checkpoint(
+            plan.repo_id, plan.checkpoint_dir, show_progress=False, on_start=started
+        )
+    finally:
+        stop_meter.set()
+    return {"folder": str(result.path), "revision": result.source.revision}
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
+
+
+_WORK: dict[
+    Step, Callable[[SetupPlan, str | None, ChildProgress, threading.Event], dict[str, Any]]
+] = {
+    Step.DOWNLOAD: _download,
+    Step.CONVERT: _convert,
+    Step.IMATRIX: _imatrix,
+    Step.QUANTIZE: _quantize,
+    Step.MEASURE: _measure,
+}
+
+
+def partial_outputs(plan: SetupPlan, step: Step, level: str | None) -> list[Path]:
+    """What a killed step may leave under a hidden name, to be removed."""
+    if step is Step.CONVERT:
+        return [partial_path(plan.bf16)]
+    if step is Step.IMATRIX:
+        return [partial_path(plan.imatrix)]
+    if step is Step.QUANTIZE and level is not None:
+        return [partial_path(plan.level_file(level))]
+    return []
+
+
+def _child_main(
+    step_value: str,
+    plan_data: dict[str, Any],
+    level: str | None,
+    report: multiprocessing.connection.Connection,
+    control: multiprocessing.connection.Connection,
+) -> None:
+    """The child: one step, its progress and outcome sent to the parent."""
+    import signal
+
+    # Ctrl-C in the terminal that started the app is the parent's to handle.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cancel = threading.Event()
+
+    def watch_parent() -> None:
+        # "stop", or the pipe closing because the window process went away: either way, stop.
+        with contextlib.suppress(EOFError, OSError):
+            control.recv()
+        cancel.set()
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    lock = threading.Lock()  # the quantizer reports from its log-reading thread
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            report.send(message)
+
+    step = Step(step_value)
+    try:
+        result = _WORK[step](
+            SetupPlan.from_json(plan_data), level, ChildProgress(send, cancel), cancel
+        )
+    except (StepCancelled, KeyboardInterrupt):
+        send(("cancelled",))
+    except Exception as error:  # noqa: BLE001 - the parent shows one line, never a traceback
+        if cancel.is_set():
+            send(("cancelled",))
+        elif isinstance(error, ConversionError | OSError):
+            send(("error", _one_line(error)))
+        else:
+            send(("error", f"{step.value} failed: {type(error).__name__}: {_one_line(error)}"))
+    else:
+        send(("done", result))
+    finally:
+        report.close()
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename}" if error.filename else ""
+        text = f"{error.strerror}{where}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def run_step(
+    plan: SetupPlan,
+    step: Step,
+    level: str | None,
+    report: Callable[[str, int, int, str], None],
+    cancel: threading.Event,
+) -> dict[str, Any]:
+    """Run one step in a child process; raises StepCancelled or ConversionError (one line).
+
+    `report(step, done, total, message)` hears the progress; setting `cancel` asks the child to
+    stop, and after CANCEL_GRACE_S it is killed and its partial output removed.
+    """
+    if step is Step.DOWNLOAD:
+        _remove_stale_transfers(plan.checkpoint_dir)
+    check_space(plan, step, level)
+    # spawn: a forked child would inherit the window's Qt threads' locks half-held; the
+    # packaged app's launcher runs spawn children through multiprocessing.freeze_support.
+    ctx = multiprocessing.get_context("spawn")
+    report_in, report_out = ctx.Pipe(duplex=False)
+    control_in, control_out = ctx.Pipe(duplex=False)
+    child = ctx.Process(
+        target=_child_main,
+        args=(step.value, plan.to_json(), level, report_out, control_in),
+        daemon=True,
+        name=f"fathom-{step.value}",
+    )
+    child.start()
+    report_out.close()
+    control_in.close()
+    # A transfer has nothing to tidy (huggingface-hub keeps finished files): stop it at once.
+    grace = 0.0 if step is Step.DOWNLOAD else CANCEL_GRACE_S
+    title, done, total, message = step.value, 0, 0, ""
+    outcome: tuple[Any, ...] | None = None
+    asked_to_stop: float | None = None
+    try:
+        while outcome is None:
+            if cancel.is_set() and asked_to_stop is None:
+                asked_to_stop = time.monotonic()
+                with contextlib.suppress(OSError):
+                    control_out.send("stop")
+            if asked_to_stop is not None and time.monotonic() - asked_to_stop > grace:
+                break
+            if not report_in.poll(POLL_S):
+                if not child.is_alive() and not report_in.poll(0):
+                    break
+                continue
+            try:
+                message_in = report_in.recv()
+            except EOFError:
+                break
+            kind = message_in[0]
+            if kind == "start":
+                title, total, done, message = message_in[1], message_in[2], 0, ""
+            elif kind == "advance":
+                done += message_in[1]
+            elif kind == "set":
+                done = message_in[1]
+            elif kind == "message":
+                message = message_in[1]
+            else:
+                outcome = message_in
+                continue
+            if not cancel.is_set():
+                report(title, done, total, message)
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        report_in.close()
+        control_out.close()
+        if outcome is None or outcome[0] != "done":
+            for partial in partial_outputs(plan, step, level):
+                partial.unlink(missing_ok=True)
+            if step is Step.DOWNLOAD:
+                _remove_stale_transfers(plan.checkpoint_dir)
+    if outcome is None or outcome[0] == "cancelled" or cancel.is_set():
+        if cancel.is_set():
+            raise StepCancelled
+        raise ConversionError(
+            f"The {step.value} step stopped unexpectedly (exit code {child.exitcode})."
+        )
+    if outcome[0] == "error":
+        raise ConversionError(outcome[1])
+    return outcome[1]
+
+
+def _remove_stale_transfers(folder: Path) -> None:
+    """huggingface-hub never resumes a stopped run's `*.incomplete` file; up to a whole shard
+    (gigabytes) would stay behind. Only one download runs at a time (one app instance)."""
+    partial_dir = folder / ".cache" / "huggingface" / "download"
+    if partial_dir.is_dir():
+        for partial in partial_dir.rglob("*.incomplete"):
+            partial.unlink(missing_ok=True)
+
+
+def measured_levels(models_dir: Path, basename: str) -> dict[str, tuple[float, float]]:
+    """{level: (mean KLD, top-token agreement)} recorded in the folder's manifest for this
+    model's levels (the latest measurement of each); empty when none or unreadable."""
+    from convert.manifest import read_manifest
+
+    try:
+        evaluations = read_manifest(models_dir).evaluations
+    except (ConversionError, OSError):
+        return {}
+    names = {output_name(basename, q.name): q.name for q in LADDER}
+    found: dict[str, tuple[float, float]] = {}
+    for entry in sorted(evaluations, key=lambda e: e.created):
+        level = names.get(entry.file)
+        if level is not None and "kld_mean" in entry.stats and "top1" in entry.stats:
+            found[level] = (float(entry.stats["kld_mean"]), float(entry.stats["top1"]))
+    return found
