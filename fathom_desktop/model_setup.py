@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 FATHOM_REPO = "FractalAIResearch/Fathom-R1-14B"
 STATE_VERSION = 1
 UNQUANTIZED = "BF16"
+# The measurement's chunks of 512 tokens: 32 score 8,160 tokens, so the mean KLD's standard error
+# is a few percent of it, enough to tell levels apart; the whole shipped text would keep a 14B
+# model on a CPU busy for hours.
+MEASURE_CHUNKS = 32
 # Time a cancelled child gets to unwind (delete its partial output) before it is killed.
 CANCEL_GRACE_S = 5.0
 POLL_S = 0.2
@@ -74,9 +78,10 @@ class SetupPlan:
     models_dir: Path
     # Levels the recommendation chooses from (default: the whole ladder).
     candidates: tuple[str, ...] = tuple(q.name for q in LADDER)
-    # Calibration and measurement chunks (None: the whole shipped text, as fathom-convert does).
+    # Calibration chunks (None: the whole shipped text, as `fathom-convert all` does) and
+    # measurement chunks (None: the whole text).
     imatrix_chunks: int | None = None
-    measure_chunks: int | None = None
+    measure_chunks: int | None = MEASURE_CHUNKS
     # Layers on the GPU for the imatrix and the measurement (None: llama.cpp's default, all).
     gpu_layers: int | None = None
 
@@ -230,9 +235,18 @@ def ladder_facts(
     """Each candidate level's estimated size and fit on this GPU, from the checkpoint's config."""
     from fathom_desktop.engine import planner
 
+    config = json.loads(config_json.read_text(encoding="utf-8"))
     facts = []
     for name in candidates:
-        profile = planner.model_memory_profile(config_json, name, n_ctx=n_ctx)
+        try:
+            profile = planner.model_memory_profile(config, name, n_ctx=n_ctx)
+        except KeyError:
+            # The planner knows llama.cpp's per-tensor mix of the common types only; for the
+            # others (IQ3_XXS, IQ2_M) the ladder's bits per weight, applied flat, is close.
+            bits = quant_type(name).bits_per_weight
+            if bits is None:
+                raise
+            profile = planner.model_memory_profile(config, bits, n_ctx=n_ctx)
         if gpu is None or gpu.problem is not None:
             label = "CPU only"
         else:

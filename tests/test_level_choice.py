@@ -50,17 +50,33 @@ def test_unmeasured_levels_are_ranked_by_size_and_the_reason_says_so() -> None:
     )
 
 
-def test_with_no_full_fit_the_best_partial_is_chosen_and_its_placement_said() -> None:
+def test_with_no_full_fit_the_least_lossy_level_mostly_on_the_gpu_is_chosen() -> None:
+    # Q8_0 loses least but would run mostly on the CPU: not recommended.
     chosen = best_level(
         [
+            level("Q8_0", 14.6, Fit.PARTIAL, 0.001, fit_label="partial: 17/49 layers"),
             level("Q4_K_M", 8.4, Fit.PARTIAL, 0.021, fit_label="partial: 40/49 layers"),
             level("Q3_K_M", 6.7, Fit.PARTIAL, 0.061, fit_label="partial: 46/49 layers"),
         ]
     )
     assert chosen is not None and chosen.level.name == "Q4_K_M"
     assert chosen.reason == (
-        "Q4_K_M (8.4 GiB): the least quality lost of the levels that run partly on the GPU "
-        "(none fits fully) (KLD 0.0210; partial: 40/49 layers)."
+        "Q4_K_M (8.4 GiB): none fits fully on the GPU; the least quality lost of those with at "
+        "least half their layers on it (KLD 0.0210; partial: 40/49 layers)."
+    )
+
+
+def test_when_none_fits_half_way_the_one_with_most_layers_on_the_gpu() -> None:
+    chosen = best_level(
+        [
+            level("Q8_0", 14.6, Fit.PARTIAL, fit_label="partial: 9/49 layers"),
+            level("Q2_K", 5.4, Fit.PARTIAL, fit_label="partial: 20/49 layers"),
+        ]
+    )
+    assert chosen is not None and chosen.level.name == "Q2_K"
+    assert chosen.reason == (
+        "Q2_K (5.4 GiB): none fits on the GPU even half-way; this one puts the most layers on it "
+        "(partial: 20/49 layers)."
     )
 
 

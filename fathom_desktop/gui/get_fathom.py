@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 from PySide6.QtWidgets import (
+    QApplication,
     QDialog,
     QGridLayout,
     QHBoxLayout,
@@ -167,6 +168,7 @@ class GetFathomDialog(QDialog):
         self._failed: Step | None = None
         self._checked = False
         self._done_on_disk: frozenset[Step] = frozenset()
+        self._closing = False
         self._background = BackgroundJobs(self)
 
         intro = QLabel(
@@ -238,6 +240,9 @@ class GetFathomDialog(QDialog):
         layout.addLayout(buttons)
 
         self._show_steps()
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._stop_for_exit)
         plan_now = self.plan
         # The state file, the manifest and the GPU are read aside (a slow disk, NVML).
         self._background.run(lambda: _saved(plan_now), self._state_read)
@@ -271,7 +276,7 @@ class GetFathomDialog(QDialog):
             else:
                 mark = "todo"
             self._mark(step, mark, text)
-        loaded = self.state.level is not None and len(done) == len(STEPS)
+        loaded = self.state.level is not None and len(self._finished()) == len(STEPS)
         self._mark(
             None, "done" if loaded and self._run is None else "todo", LOAD_TEXT.format(level=level)
         )
@@ -285,6 +290,17 @@ class GetFathomDialog(QDialog):
         font.setBold(mark == "now")
         label.setFont(font)
 
+    def _finished(self) -> frozenset[Step]:
+        """Steps done, and the one the chosen level does not need."""
+        unneeded = {step for step in STEPS if skipped(self.plan, self.state, step)}
+        return self._done_on_disk | unneeded
+
+    def _fit_contents(self) -> None:
+        # Grow when a line appears (the progress, the recommendation, an error) rather than
+        # squeeze the list of steps; a window manager's size is kept when it is large enough.
+        if self.height() < self.sizeHint().height():
+            self.resize(self.width(), self.sizeHint().height())
+
     def step_mark(self, step: Step | None) -> str:
         """ "done", "now", "todo", "skip" or "failed", as the list shows it."""
         return self.step_marks[step].objectName()
@@ -292,6 +308,7 @@ class GetFathomDialog(QDialog):
     def _show_recommendation(self, reason: str) -> None:
         self.recommend_label.setText(f"Recommended: {reason}")
         self.recommend_label.show()
+        self._fit_contents()
 
     def recommendation_text(self) -> str:
         return self.recommend_label.text() if not self.recommend_label.isHidden() else ""
@@ -302,9 +319,10 @@ class GetFathomDialog(QDialog):
     def _show_error(self, text: str) -> None:
         self.error_label.setText(text)
         self.error_label.setVisible(bool(text))
+        self._fit_contents()
 
     def _set_idle(self) -> None:
-        done = self._done_on_disk
+        done = self._finished()
         self.cancel_button.hide()
         self.close_button.setText("Close")
         self.progress_bar.hide()
@@ -323,7 +341,8 @@ class GetFathomDialog(QDialog):
 
     def _step_name(self, step: Step) -> str:
         text = STEP_TEXT[step].format(level=self.state.level or "the recommended level")
-        return text.split(" (")[0].lower()
+        text = text.split(" (")[0]
+        return text[:1].lower() + text[1:]
 
     def running(self) -> bool:
         return self._run is not None
@@ -333,7 +352,7 @@ class GetFathomDialog(QDialog):
     def start(self) -> None:
         if self._run is not None or not self._checked:
             return
-        done = self._done_on_disk
+        done = self._finished()
         if self.state.level is not None and len(done) == len(STEPS):
             self.model_ready.emit(self.plan.level_file(self.state.level))
             self._mark(None, "done", LOAD_TEXT.format(level=self.state.level))
@@ -371,6 +390,7 @@ class GetFathomDialog(QDialog):
         self.progress_bar.show()
         self.detail_label.setText("Starting…")
         self._show_steps()
+        self._fit_contents()
         self.step_started.emit(step)
 
     @Slot(object, object)
@@ -420,6 +440,7 @@ class GetFathomDialog(QDialog):
         self._show_steps()
         if state.level is not None:
             self.model_ready.emit(self.plan.level_file(state.level))
+        self._close_if_asked()
 
     @Slot(str)
     def _on_failed(self, reason: str) -> None:
@@ -428,6 +449,7 @@ class GetFathomDialog(QDialog):
         self._set_idle()
         self._show_steps()
         self._show_error(reason)
+        self._close_if_asked()
 
     @Slot(str)
     def _on_cancelled(self, reason: str) -> None:
@@ -435,14 +457,36 @@ class GetFathomDialog(QDialog):
         self._set_idle()
         self._show_steps()
         self._show_error(reason)
+        self._close_if_asked()
 
     def reject(self) -> None:
-        # Closing mid-step cancels it and waits for the child to stop (a few seconds at most),
-        # so no thread outlives the dialog.
+        # Closing mid-step cancels it; the dialog hides at once and closes when the child has
+        # stopped (it removes its partial output first), so the window never waits for it.
+        if self._run is not None:
+            self._closing = True
+            self.cancel()
+            self.hide()
+            return
+        super().reject()
+
+    def reopen(self) -> None:
+        """Show again, also a dialog still cancelling after a close (Continue follows)."""
+        self._closing = False
+        self.show()
+        self.raise_()
+        self.activateWindow()
+
+    def _close_if_asked(self) -> None:
+        if self._closing:
+            self._closing = False
+            super().reject()
+
+    @Slot()
+    def _stop_for_exit(self) -> None:
+        # The app is quitting: no thread may outlive it, so wait for the step to stop.
         if self._run is not None:
             self._run.stop_and_wait()
             self._run = None
-        super().reject()
 
 
 def _saved(plan: SetupPlan) -> tuple[SetupState, frozenset[Step]]:
@@ -460,9 +504,8 @@ def open_get_fathom(
 ) -> GetFathomDialog:
     """Show the flow (non-modal, one at a time); its level becomes the model setting and loads."""
     for existing in parent.findChildren(GetFathomDialog):
-        if existing.isVisible():
-            existing.raise_()
-            existing.activateWindow()
+        if existing.isVisible() or existing.running():
+            existing.reopen()
             return existing
     dialog = GetFathomDialog(parent, plan=plan)
     dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)

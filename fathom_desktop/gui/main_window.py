@@ -380,7 +380,8 @@ class MainWindow(QMainWindow):
 
         dialog = SettingsDialog(self.store, self)
         dialog.applied.connect(self.apply_settings)
-        dialog.get_fathom_requested.connect(self.open_get_fathom)
+        # Settings is window-modal and would block the flow's dialog: it closes (unapplied) first.
+        dialog.get_fathom_requested.connect(lambda: (dialog.reject(), self.open_get_fathom()))
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
 

@@ -331,6 +331,8 @@ def _flow_dialog(window) -> GetFathomDialog:
 
 
 def test_file_menu_welcome_view_and_settings_open_the_flow(make_window, qtbot) -> None:
+    from PySide6.QtWidgets import QApplication
+
     from fathom_desktop.gui.settings_dialog import SettingsDialog
 
     window = make_window()
@@ -350,7 +352,9 @@ def test_file_menu_welcome_view_and_settings_open_the_flow(make_window, qtbot) -
     settings = window.findChild(SettingsDialog)
     assert settings is not None
     settings.get_fathom_button.click()
-    assert _flow_dialog(window).isVisible()
+    flow = _flow_dialog(window)
+    assert flow.isVisible() and not settings.isVisible()  # nothing modal left in its way
+    assert QApplication.activeModalWidget() is None
 
 
 # -- the window process ---------------------------------------------------------------------------
@@ -459,3 +463,68 @@ def test_a_step_whose_window_was_killed_stops_and_leaves_nothing(plan: SetupPlan
     assert not plan.imatrix.exists()
     assert leftovers(plan.models_dir) == []
     assert next_step(plan, read_state(plan)) is Step.IMATRIX
+
+
+def test_closing_mid_step_hides_at_once_and_cancels_the_step(qtbot, plan: SetupPlan) -> None:
+    converted(plan)
+    dialog = open_dialog(qtbot, plan)
+    closed_while_running: list[bool] = []
+
+    def close_now(step: Step) -> None:
+        dialog.reject()
+        closed_while_running.append(dialog.running() and not dialog.isVisible())
+
+    dialog.step_started.connect(close_now)
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: bool(closed_while_running), timeout=STEP_MS)
+    assert closed_while_running == [True]  # the window did not wait for the child
+    qtbot.waitUntil(lambda: not dialog.running(), timeout=STEP_MS)
+    assert dialog.result() == GetFathomDialog.DialogCode.Rejected
+    assert not plan.imatrix.exists() and leftovers(plan.models_dir) == []
+    assert next_step(plan, read_state(plan)) is Step.IMATRIX
+
+
+@pytest.mark.parametrize(
+    ("gpu", "expected"),
+    [
+        (None, None),  # on the CPU: whatever fits this machine's memory, but always a level
+        (GpuInfo("Fake RTX 4090", 24 * 2**30, int(23.5 * 2**30)), "fits fully on the GPU"),
+        (GpuInfo("Fake RTX 3050", 6 * 2**30, int(5.6 * 2**30)), None),
+    ],
+)
+def test_every_ladder_level_is_weighed_for_fathom(
+    plan: SetupPlan, gpu: GpuInfo | None, expected: str | None
+) -> None:
+    """The whole ladder, the imatrix-only levels included, on Fathom-R1-14B's own config."""
+    import dataclasses
+
+    from convert.quantize import LADDER
+    from fathom_desktop.engine.types import FATHOM_N_CTX
+    from fathom_desktop.model_setup import choose_level
+
+    config = Path(__file__).resolve().parents[1] / "fixtures" / "fathom-r1-14b" / "config.json"
+    plan.checkpoint_dir.mkdir(parents=True)
+    shutil.copy(config, plan.checkpoint_dir / "config.json")
+    full = dataclasses.replace(plan, candidates=tuple(q.name for q in LADDER))
+    chosen = choose_level(full, gpu, FATHOM_N_CTX)
+    assert chosen.level.name in full.candidates
+    assert "\n" not in chosen.reason and chosen.reason.startswith(chosen.level.name)
+    if expected is not None:
+        assert expected in chosen.reason
+
+
+def test_a_level_without_imatrix_skips_that_step_and_continues_past_it(
+    qtbot, plan: SetupPlan
+) -> None:
+    from convert.quantize import quantize
+
+    state = converted(plan)
+    state.level = "Q8_0"
+    quantize(plan.bf16, plan.level_file("Q8_0"), "Q8_0")
+    state.mark_done(Step.QUANTIZE)
+    write_state(plan, state)
+    dialog = open_dialog(qtbot, plan)
+    marks = [dialog.step_mark(step) for step in (*STEPS, None)]
+    assert marks == ["done", "done", "skip", "done", "todo", "todo"]
+    assert dialog.step_labels[Step.IMATRIX].text().endswith("(not needed for Q8_0)")
+    assert dialog.detail_label.text() == "Continues with: measure Q8_0's quality against BF16."
