@@ -237,10 +237,10 @@ class _DownloadMeter:
         fetched = self.done - self.present
         if elapsed < TIME_LEFT_AFTER_S or fetched <= 0:
             return ""
-        return _time_left_text((self.total - self.done) * elapsed / fetched)
+        return time_left_text((self.total - self.done) * elapsed / fetched)
 
 
-def _time_left_text(seconds: float) -> str:
+def time_left_text(seconds: float) -> str:
     if seconds < 60:
         return "less than a minute left"
     minutes = math.ceil(seconds / 60)

@@ -10,6 +10,7 @@ restart), the dialog shows what is done and continues from the first step that i
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 
 from fathom_desktop.engine.types import FATHOM_N_CTX
 from fathom_desktop.gui.background import BackgroundJobs
+from fathom_desktop.gui.first_run_steps import TIME_LEFT_AFTER_S, time_left_text
 from fathom_desktop.gui.model_list import describe_gpu, human_size, probe_gpu
 from fathom_desktop.level_choice import Recommendation
 from fathom_desktop.model_setup import (
@@ -169,6 +171,8 @@ class GetFathomDialog(QDialog):
         self._checked = False
         self._done_on_disk: frozenset[Step] = frozenset()
         self._closing = False
+        # Where the current progress line started (title, time, amount): the time-left estimate.
+        self._rate_from: tuple[str, float, int] | None = None
         self._background = BackgroundJobs(self)
 
         intro = QLabel(
@@ -405,6 +409,14 @@ class GetFathomDialog(QDialog):
         if self._run is None or self._run.cancel.is_set():
             return
         tokens = self._current in TOKEN_STEPS and not title.startswith("sha256")
+        now = time.monotonic()
+        if self._rate_from is None or self._rate_from[0] != title:
+            self._rate_from = (title, now, done)
+        _, since, done_then = self._rate_from
+        # From the rate since the line began; the first seconds' rate would swing wildly.
+        if total > 0 and now - since >= TIME_LEFT_AFTER_S and done > done_then:
+            left = time_left_text((total - done) * (now - since) / (done - done_then))
+            message = f"{message}  {left}".strip()
         if total > 0:
             self.progress_bar.setRange(0, 1000)  # permille: a 30 GB total overflows an int
             self.progress_bar.setValue(int(1000 * min(done, total) / total))

@@ -253,7 +253,7 @@ def test_cancel_stops_a_download_and_keeps_the_finished_files(
     ],
 )
 def test_time_left_reads_naturally(seconds: float, text: str) -> None:
-    assert first_run_steps._time_left_text(seconds) == text
+    assert first_run_steps.time_left_text(seconds) == text
 
 
 def test_download_shows_how_much_of_the_total_is_done(

@@ -528,3 +528,29 @@ def test_a_level_without_imatrix_skips_that_step_and_continues_past_it(
     assert marks == ["done", "done", "skip", "done", "todo", "todo"]
     assert dialog.step_labels[Step.IMATRIX].text().endswith("(not needed for Q8_0)")
     assert dialog.detail_label.text() == "Continues with: measure Q8_0's quality against BF16."
+
+
+def test_progress_reads_in_bytes_or_tokens_with_the_time_left(
+    qtbot, plan: SetupPlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from fathom_desktop.gui import get_fathom
+
+    dialog = open_dialog(qtbot, plan)
+    dialog._run = SimpleNamespace(cancel=threading.Event())  # type: ignore[assignment]
+    clock = [100.0]
+    monkeypatch.setattr(get_fathom.time, "monotonic", lambda: clock[0])
+    dialog._current = Step.CONVERT
+    dialog._on_progress("convert", 0, 30 * 2**30, "")
+    clock[0] += 60
+    dialog._on_progress("convert", 3 * 2**30, 30 * 2**30, "blk.4.attn_q.weight")
+    assert dialog.detail_label.text() == (
+        "convert: 3.0 GiB of 30.0 GiB  blk.4.attn_q.weight  about 9 min left"
+    )
+    assert dialog.progress_bar.value() == 100  # permille
+    dialog._current = Step.MEASURE
+    dialog._on_progress("reference", 4_080, 16_320, "")
+    assert dialog.detail_label.text() == "reference: 4,080 of 16,320 tokens"
+    dialog._run = None
