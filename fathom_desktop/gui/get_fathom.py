@@ -32,7 +32,7 @@ from fathom_desktop.engine.types import FATHOM_N_CTX
 from fathom_desktop.gui.background import BackgroundJobs
 from fathom_desktop.gui.first_run_steps import TIME_LEFT_AFTER_S, time_left_text
 from fathom_desktop.gui.model_list import describe_gpu, human_size, probe_gpu
-from fathom_desktop.level_choice import Recommendation
+from fathom_desktop.level_choice import Recommendation, measured_text
 from fathom_desktop.model_setup import (
     STEPS,
     SetupPlan,
@@ -44,12 +44,12 @@ from fathom_desktop.model_setup import (
     gpu_layers_for_reference,
     next_step,
     read_state,
-    run_step,
     skipped,
     step_done,
     write_state,
 )
 from fathom_desktop.settings import SettingsSaveError, SettingsStore
+from fathom_desktop.setup_steps import run_step
 
 ERROR_STYLE = "color: #b00020;"
 TITLE = "Get Fathom-R1-14B"
@@ -130,10 +130,15 @@ class SetupRun(QObject):
             if step is Step.MEASURE and state.level is not None:
                 measured = {state.level: result["stats"]}
                 again = choose_level(plan, gpu, FATHOM_N_CTX, measured)
-                if again.level.name == state.level:
-                    state.reason = again.reason
-                    write_state(plan, state)
-                    self.recommended.emit(again, _copy(state))
+                if again.level.name != state.level:
+                    # Chosen for another GPU or memory than now: keep its reason, add the figures.
+                    made = replace(again.level, name=state.level)
+                    stats = result["stats"]
+                    made = replace(made, kld=stats.get("kld_mean"), top1=stats.get("top1"))
+                    again = Recommendation(made, f"{state.reason} Measured: {measured_text(made)}.")
+                state.reason = again.reason
+                write_state(plan, state)
+                self.recommended.emit(again, _copy(state))
         self.finished.emit(_copy(state))
 
     def _choose(self, plan: SetupPlan, state: SetupState, gpu) -> SetupState:

@@ -408,7 +408,8 @@ def test_the_window_process_never_loads_llama_cpp(plan: SetupPlan) -> None:
 
 _STEP_THEN_KILLED = r"""
 import json, multiprocessing, sys, threading
-from fathom_desktop.model_setup import SetupPlan, Step, run_step
+from fathom_desktop.model_setup import SetupPlan, Step
+from fathom_desktop.setup_steps import run_step
 
 plan = SetupPlan.from_json(json.loads(sys.argv[1]))
 said = []
@@ -554,3 +555,23 @@ def test_progress_reads_in_bytes_or_tokens_with_the_time_left(
     dialog._on_progress("reference", 4_080, 16_320, "")
     assert dialog.detail_label.text() == "reference: 4,080 of 16,320 tokens"
     dialog._run = None
+
+
+@pytest.mark.slow
+def test_a_level_chosen_before_keeps_its_reason_and_gains_the_measured_figures(
+    qtbot, plan: SetupPlan
+) -> None:
+    """The level was chosen on another run (another GPU, say); measured now, the line keeps the
+    reason it was chosen for and adds what the measurement found."""
+    import dataclasses
+
+    quantized(plan)  # Q4_K_M, chosen with the reason "Q4_K_M: test"
+    now = dataclasses.replace(plan, candidates=("Q8_0",))  # this computer would choose Q8_0
+    dialog = open_dialog(qtbot, now)
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: not dialog.running(), timeout=STEP_MS)
+    assert dialog.error_text() == ""
+    text = dialog.recommendation_text()
+    assert text.startswith("Recommended: Q4_K_M: test Measured: ")
+    assert text.endswith(".") and "% same top token as BF16, KLD " in text
+    assert read_state(now).reason == text.removeprefix("Recommended: ")
