@@ -186,7 +186,9 @@ def step_done(plan: SetupPlan, state: SetupState, step: Step) -> bool:
     from convert.download import read_source
 
     if step is Step.DOWNLOAD:
-        return state.is_done(step) and read_source(plan.checkpoint_dir) is not None
+        downloaded = state.is_done(step) and read_source(plan.checkpoint_dir) is not None
+        # Only the conversion reads the checkpoint: once converted, it may have been deleted.
+        return downloaded or step_done(plan, state, Step.CONVERT)
     if step is Step.CONVERT:
         return (state.is_done(step) and plan.bf16.is_file()) or _in_manifest(plan.bf16)
     if step is Step.IMATRIX:
