@@ -371,7 +371,9 @@ class MainWindow(QMainWindow):
     def open_settings(self) -> None:
         from fathom_desktop.gui.settings_dialog import SettingsDialog
 
-        dialog = SettingsDialog(self.store, self)
+        last = self.session.last_good_load
+        in_use = last.model_path if last else None
+        dialog = SettingsDialog(self.store, self, current_model=in_use)
         dialog.applied.connect(self.apply_settings)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()

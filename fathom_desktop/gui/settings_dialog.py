@@ -3,7 +3,8 @@
 Nothing changes until Apply or OK. Then every value is validated together (including the rules
 that involve more than one setting and the chosen model's trained context); a refused value keeps
 the dialog open with the reason shown, and accepted ones are saved and announced via `applied`.
-The model list reads the files and asks about the GPU in the background (`ModelList.scan`), so
+The model list (gui/ladder_list.py: every model with its whole quantization ladder, beside a
+chart of what each level loses) reads the files and asks about the GPU in the background, so
 the dialog opens at once however slow the disk; what is not known yet reads "checking…".
 """
 
@@ -37,7 +38,9 @@ from PySide6.QtWidgets import (
 from fathom_desktop import paths
 from fathom_desktop.engine.gguf_check import ModelFileInfo
 from fathom_desktop.engine.planner import GpuInfo, offloadable_layers
-from fathom_desktop.gui.model_list import FitInputs, ModelList, describe_gpu
+from fathom_desktop.gui.ladder_list import LadderList
+from fathom_desktop.gui.model_list import FitInputs, describe_gpu
+from fathom_desktop.gui.quality_chart import QualityChart
 from fathom_desktop.settings import (
     SETTINGS,
     SETTINGS_BY_KEY,
@@ -174,12 +177,16 @@ class SettingsDialog(QDialog):
         parent: QWidget | None = None,
         *,
         models_dir: Path | None = None,
+        current_model: Path | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.setMinimumWidth(640)
+        self.resize(1000, 640)  # the ladder and its chart side by side
         self._store = store
         self._models_dir = models_dir if models_dir is not None else paths.models_dir()
+        # The model in use when the settings name none (the demo, or the best level found).
+        self._current_model = current_model
         self._extra_models: list[Path] = []
         self._editors: dict[str, _Editor] = {}
 
@@ -245,8 +252,11 @@ class SettingsDialog(QDialog):
         self.gpu_label = QLabel("GPU: checking…")
         self.gpu_label.setObjectName("gpu")
         self.gpu_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.model_list = ModelList()
-        self.model_list.setMinimumHeight(150)
+        self.model_list = LadderList()
+        self.model_list.setMinimumHeight(280)
+        self.quality_chart = QualityChart()
+        self.model_list.ladder_changed.connect(self._show_chart)
+        self.model_list.notice.connect(self._show_notice)
         self.model_list.gpu_checked.connect(self._show_gpu)
         self.model_list.scanned.connect(self._show_manifest_warning)
         self.model_list.file_added.connect(self._file_added)
@@ -267,19 +277,41 @@ class SettingsDialog(QDialog):
         row = QHBoxLayout()
         row.addWidget(folder, 1)
         row.addWidget(browse)
+        self.notice_label = QLabel()
+        self.notice_label.setObjectName("notice")
+        self.notice_label.setWordWrap(True)
+        self.notice_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.notice_label.hide()
+        ladder = QHBoxLayout()
+        ladder.addWidget(self.model_list, 3)
+        ladder.addWidget(self.quality_chart, 2)
         layout.addWidget(QLabel("Model and quantization level"))
         layout.addWidget(self.gpu_label)
-        layout.addWidget(self.model_list)
+        layout.addLayout(ladder, 1)
+        layout.addWidget(self.notice_label)
         layout.addWidget(self.manifest_label)
         layout.addLayout(row)
         return box
 
     def _populate_models(self, selected: Path | None) -> None:
+        selected = selected or self._current_model
         self.model_list.scan(self._models_dir, [selected, *self._extra_models], selected)
         self._refresh_fits()
 
     def _show_gpu(self, gpu: GpuInfo | None) -> None:
         self.gpu_label.setText(describe_gpu(gpu))
+
+    def _show_chart(self) -> None:
+        group = self.model_list.chart_group()
+        title = f"{group.title}: quality lost (KLD, log) by size" if group else ""
+        self.quality_chart.set_points(self.model_list.chart_points(), title)
+        gpu = self.model_list.gpu()
+        usable = gpu is not None and gpu.problem is None
+        self.quality_chart.set_vram(gpu.free_bytes if usable and gpu else None)
+
+    def _show_notice(self, text: str) -> None:
+        self.notice_label.setText(text)
+        self.notice_label.setVisible(bool(text))
 
     def _show_layer_count(self, *_args: object) -> None:
         """Read "20 / 49 layers": the GPU layers editor counts as the status bar and badges do."""
@@ -344,8 +376,10 @@ class SettingsDialog(QDialog):
         selected = self.model_list.selected_path()
         current = self._store.get(MODEL_KEY)
         entry = self.model_list.entry_for(selected) if selected is not None else None
-        if selected is None or (current and entry is not None and entry.is_file(str(current))):
-            # The same file under the name the settings already use: not a change, no reload.
+        in_use = current or (str(self._current_model) if self._current_model else None)
+        if selected is None or (in_use and entry is not None and entry.is_file(str(in_use))):
+            # The same file under the name the settings already use (or the model already in
+            # use when they name none): not a change, no reload.
             values[MODEL_KEY] = current
         else:
             values[MODEL_KEY] = str(selected)
