@@ -69,7 +69,7 @@ def quality_text(row: LadderRow) -> str:
     q = row.quality
     if q is None:
         return "reference" if row.is_reference else (NOT_MEASURED if row.made else "")
-    return f"{100 * q.top1:.1f} % same top · KLD {q.kld_mean:.4g}"
+    return f"{100 * q.top1:.1f} % · {q.kld_mean:.4g}"
 
 
 def quality_tooltip(row: LadderRow, group: ModelGroup) -> str:
@@ -153,7 +153,7 @@ class _ActionCell(QWidget):
 class LadderList(QTreeWidget):
     """Models and their ladders; a made level can be selected as the model to use."""
 
-    COLUMNS = ("Level", "Size", "Fit", "Quality", "")
+    COLUMNS = ("Level", "Size", "Fit", "Same top · KLD", "")
     LEVEL, SIZE, FIT, QUALITY, ACTION = range(5)
 
     model_selected = Signal(object)  # Path
@@ -193,7 +193,7 @@ class LadderList(QTreeWidget):
         self._jobs.progress.connect(self._job_progress)
         self._jobs.made.connect(self._job_made)
         self._jobs.finished.connect(self._job_finished)
-        self._jobs.started.connect(lambda _key: self._show_actions())
+        self._jobs.started.connect(self._job_started)
         self.itemSelectionChanged.connect(self._emit_selection)
 
     # -- reading ----------------------------------------------------------------------------------
@@ -273,6 +273,10 @@ class LadderList(QTreeWidget):
     def _read_header(self, path: Path) -> None:
         def read(facts: ModelFacts) -> None:
             self._facts[path] = facts
+            found = self._find(path)
+            if found is not None and found[1].quant == "?" and isinstance(facts, ModelFileInfo):
+                # The name did not say; the header does.
+                found[2].setText(self.LEVEL, facts.file_type)
             self.set_fits()
             self.facts_checked.emit(path)
 
@@ -632,6 +636,9 @@ class LadderList(QTreeWidget):
                 verb = "making" if not row.made else "measuring"
                 detail = f" ({progress.step})" if progress.step else ""
                 item.setText(self.QUALITY, f"{verb}…{detail}")
+
+    def _job_started(self, _key: str) -> None:
+        self._show_actions()
 
     def _job_made(self, _key: str, _path: Path) -> None:
         self.rescan()  # the new file is complete: list it at once

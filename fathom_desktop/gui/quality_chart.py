@@ -22,6 +22,9 @@ from fathom_desktop.gui.model_list import human_size
 KLD_FLOOR = 1e-6
 _MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 52, 14, 22, 34
 _RADIUS, _CURRENT_RADIUS = 4.0, 7.0
+# The free-VRAM line is drawn to scale up to this many times the largest level; beyond, it
+# stands at the right edge with an arrow.
+VRAM_IN_RANGE = 1.5
 EMPTY_TEXT = "No level is measured yet.\nPress Measure beside a level to see what it loses."
 
 
@@ -99,7 +102,10 @@ class QualityChart(QWidget):
             max(1.0, self.height() - _MARGIN_TOP - _MARGIN_BOTTOM),
         )
         biggest = max(p.size_bytes for p in self._points)
-        x_max = max(biggest, self._vram or 0) * 1.1 or 1.0
+        # The axis reaches the GPU's free memory only when that is near the levels' sizes; a
+        # 24 GB card beside a 2 MB demo would squeeze every point against the left edge.
+        near = self._vram is not None and self._vram <= VRAM_IN_RANGE * biggest
+        x_max = max(biggest, self._vram if near and self._vram else 0) * 1.1 or 1.0
         logs = [math.log10(max(p.kld, KLD_FLOOR)) for p in self._points]
         y_low, y_high = math.floor(min(logs)), math.ceil(max(logs))
         if y_high - y_low < 1:
@@ -118,11 +124,16 @@ class QualityChart(QWidget):
         return None
 
     def vram_x(self) -> float | None:
-        """Where the free-VRAM line is drawn; None when there is none."""
+        """Where the free-VRAM line is drawn (the right edge when it is off the scale); None
+        when there is none."""
         layout = self._layout()
         if layout is None or self._vram is None:
             return None
-        return layout.x(self._vram)
+        return min(layout.x(self._vram), layout.plot.right())
+
+    def vram_off_scale(self) -> bool:
+        layout = self._layout()
+        return layout is not None and self._vram is not None and self._vram > layout.x_max
 
     def point_at(self, position: QPointF) -> ChartPoint | None:
         layout = self._layout()
@@ -194,9 +205,13 @@ class QualityChart(QWidget):
             painter.setPen(QPen(QColor("#2e7d32"), 1.5, Qt.PenStyle.DashLine))
             painter.drawLine(QPointF(vram_x, plot.top()), QPointF(vram_x, plot.bottom()))
             words = f"GPU free {human_size(self._vram)}"
+            if self.vram_off_scale():
+                words += " →"
             width = metrics.horizontalAdvance(words) + 6
             left = vram_x - width - 3 if vram_x + width > plot.right() else vram_x + 3
-            painter.drawText(QRectF(left, plot.top(), width, 16), Qt.AlignmentFlag.AlignLeft, words)
+            # At the foot of the line: the levels that lose most sit at the top.
+            box = QRectF(left, plot.bottom() - 18, width, 16)
+            painter.drawText(box, Qt.AlignmentFlag.AlignLeft, words)
         # The levels, joined in size order, the current one ringed.
         accent = palette.color(QPalette.ColorRole.Highlight)
         spots = [QPointF(layout.x(p.size_bytes), layout.y(p.kld)) for p in self._points]

@@ -9,26 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from convert.atomic import PARTIAL_SUFFIX
 from convert.manifest import read_manifest
-from fathom_desktop.demo import DEMO_LEVELS, demo_basename, demo_ladder_work, ensure_demo_model
+from fathom_desktop.demo import DEMO_LEVELS, demo_basename, demo_ladder_work
 from fathom_desktop.level_jobs import CHILD_CODE, LevelWork, LevelWorker
 from fathom_desktop.model_ladder import imatrix_path, read_ladder
 from tests.conftest import PROJECT_ROOT
-
-
-@pytest.fixture(scope="module")
-def demo_ladder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder after a fresh install's first start: the demo and its measured ladder."""
-    folder = tmp_path_factory.mktemp("models")
-    ensure_demo_model(directory=folder)
-    work = demo_ladder_work(folder)
-    assert work is not None
-    outcome = LevelWorker(work).run()
-    assert outcome.status == "done", outcome.message
-    return folder
 
 
 def copy_of(folder: Path, tmp_path: Path) -> Path:
