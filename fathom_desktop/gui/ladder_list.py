@@ -61,6 +61,7 @@ NOT_MEASURED = "not measured"
 NOT_MADE = "not made"
 MAKE, MEASURE, CANCEL = "Make", "Measure", "Cancel"
 NEEDS_SOURCE = "Needs BF16…"
+ACTION_WIDTH = 170
 # Levels of models other than the demo are calibrated on this many chunks of the shipped text.
 IMATRIX_CHUNKS = 100
 
@@ -113,7 +114,7 @@ class _ActionCell(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(2, 0, 2, 0)
         self.bar = QProgressBar()
-        self.bar.setMaximumWidth(90)
+        self.bar.setMaximumWidth(70)
         self.bar.setTextVisible(True)
         self.bar.hide()
         self.button = QPushButton()
@@ -174,9 +175,12 @@ class LadderList(QTreeWidget):
         self.setIndentation(12)
         header = self.header()
         header.setStretchLastSection(False)
-        for column in (self.LEVEL, self.SIZE, self.FIT, self.ACTION):
+        for column in (self.LEVEL, self.SIZE, self.FIT):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(self.QUALITY, QHeaderView.ResizeMode.Stretch)
+        # Wide enough for a progress bar and Cancel, so the columns do not jump when it runs.
+        header.setSectionResizeMode(self.ACTION, QHeaderView.ResizeMode.Fixed)
+        header.resizeSection(self.ACTION, ACTION_WIDTH)
         self._groups: list[ModelGroup] = []
         self._items: list[tuple[ModelGroup, LadderRow, QTreeWidgetItem]] = []
         self._cells: dict[Path, _ActionCell] = {}

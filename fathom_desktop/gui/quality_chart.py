@@ -232,14 +232,21 @@ class QualityChart(QWidget):
                 labels.append((spot, [point.label], radius))
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.setPen(QPen(text, 1))
+        placed: list[QRectF] = []
+        height = metrics.height()
         for spot, names, radius in labels:
             words = " = ".join(names)
-            width = metrics.horizontalAdvance(words)
-            # Left of the point where the right edge would cut the label off.
+            width = metrics.horizontalAdvance(words) + 2
+            # Right of the point, else left of it where the edge would cut the label off; below
+            # it where a neighbour's label already sits above.
             x = spot.x() + radius + 2
             if x + width > self.width() - 2:
                 x = spot.x() - radius - 2 - width
-            painter.drawText(QPointF(x, spot.y() - radius), words)
+            box = QRectF(x, spot.y() - radius - height, width, height)
+            if any(box.intersects(other) for other in placed):
+                box.moveTop(spot.y() + radius)
+            placed.append(box)
+            painter.drawText(box, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, words)
         painter.end()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:

@@ -35,12 +35,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from convert.quantize import basename_of
 from fathom_desktop import paths
 from fathom_desktop.engine.gguf_check import ModelFileInfo
 from fathom_desktop.engine.planner import GpuInfo, offloadable_layers
 from fathom_desktop.gui.ladder_list import LadderList
 from fathom_desktop.gui.model_list import FitInputs, describe_gpu
 from fathom_desktop.gui.quality_chart import QualityChart
+from fathom_desktop.model_ladder import is_demo_basename
 from fathom_desktop.settings import (
     SETTINGS,
     SETTINGS_BY_KEY,
@@ -428,6 +430,10 @@ class SettingsDialog(QDialog):
             if model != self._store.get(MODEL_KEY):
                 raise SettingsValueError(MODEL_KEY, facts)
             return  # the current model went missing; the window reports that when it loads
+        if is_demo_basename(basename_of(path)):
+            # The demo's levels run as the demo starts: the engine caps the context to its
+            # 4,096 tokens and says so, so that switching levels works as on Fathom.
+            return
         limit = facts.n_ctx_train
         n_ctx = values["n_ctx"]
         if isinstance(n_ctx, int) and n_ctx > limit:

@@ -260,3 +260,53 @@ def test_the_chart_plots_each_measured_level_and_the_free_vram(
 def demo_model(quant: str, folder: Path) -> Path:
     (path,) = folder.glob(f"fathom-tiny-*-{quant}.gguf")
     return path
+
+
+_NO_LLAMA_IN_THE_WINDOW = r"""
+import json, sys, time
+from pathlib import Path
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+from fathom_desktop.gui.ladder_jobs import ladder_jobs
+from fathom_desktop.gui.settings_dialog import SettingsDialog
+from fathom_desktop.settings import SettingsStore
+
+def wait(done, limit=120.0):
+    end = time.monotonic() + limit
+    while not done():
+        app.processEvents()
+        time.sleep(0.01)
+        assert time.monotonic() < end
+
+dialog = SettingsDialog(SettingsStore(Path(sys.argv[1]) / "settings.json"))
+dialog.show()
+wait(lambda: not dialog.model_list.busy() and dialog.model_list.level_rows())
+rows = {row.quant: row for group, row, item in dialog.model_list.level_rows()}
+dialog.model_list.action_button(rows["IQ4_XS"].path).click()  # Make
+wait(lambda: not ladder_jobs().running())
+wait(lambda: not dialog.model_list.busy())
+dialog.model_list.action_button(rows["IQ4_XS"].path).click()  # Measure
+wait(lambda: not ladder_jobs().running())
+wait(lambda: not dialog.model_list.busy())
+rows = {row.quant: row for group, row, item in dialog.model_list.level_rows()}
+print(json.dumps({"llama_cpp": "llama_cpp" in sys.modules,
+                  "measured": rows["IQ4_XS"].quality is not None}))
+"""
+
+
+def test_make_and_measure_never_load_llama_cpp_in_the_window(models: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_LLAMA_IN_THE_WINDOW, str(models.parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"llama_cpp": False, "measured": True}
