@@ -191,7 +191,7 @@ def run_work(
     from convert.quantize import ImatrixUse, output_name, quant_type, quantize
 
     source, out_dir = Path(work.source), Path(work.out_dir)
-    settings = ForwardSettings(n_gpu_layers=work.n_gpu_layers, n_threads=work.n_threads)
+    settings = ForwardSettings(n_gpu_layers=_gpu_layers(work, source), n_threads=work.n_threads)
     types = [quant_type(name) for name in work.make]
     imatrix = Path(work.imatrix) if work.imatrix else None
     need_matrix = work.make_imatrix or any(q.imatrix is ImatrixUse.REQUIRED for q in types)
@@ -276,6 +276,19 @@ def run_work(
             )
         for level in levels:
             send("measured", str(level))
+
+
+def _gpu_layers(work: LevelWork, source: Path) -> int | None:
+    """The layers on the GPU for every forward pass: as asked, else as many as the planner fits
+    for the reference (the largest model of the job) in the GPU's free memory at `ctx`."""
+    if work.n_gpu_layers is not None or not (work.measure or work.make_imatrix or work.make):
+        return work.n_gpu_layers
+    from fathom_desktop.engine import planner
+
+    try:
+        return planner.plan_offload(source, n_ctx=work.ctx).n_gpu_layers
+    except Exception:  # noqa: BLE001 - an unreadable GPU means the CPU, not a failed job
+        return 0
 
 
 def _file_type(path: Path) -> str:

@@ -61,7 +61,7 @@ NOT_MEASURED = "not measured"
 NOT_MADE = "not made"
 MAKE, MEASURE, CANCEL = "Make", "Measure", "Cancel"
 NEEDS_SOURCE = "Needs BF16…"
-ACTION_WIDTH = 170
+ACTION_WIDTH = 128
 # Levels of models other than the demo are calibrated on this many chunks of the shipped text.
 IMATRIX_CHUNKS = 100
 
@@ -70,7 +70,7 @@ def quality_text(row: LadderRow) -> str:
     q = row.quality
     if q is None:
         return "reference" if row.is_reference else (NOT_MEASURED if row.made else "")
-    return f"{100 * q.top1:.1f} % · {q.kld_mean:.4g}"
+    return f"{100 * q.top1:.1f} % · {q.kld_mean:.3g}"
 
 
 def quality_tooltip(row: LadderRow, group: ModelGroup) -> str:
@@ -114,7 +114,7 @@ class _ActionCell(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(2, 0, 2, 0)
         self.bar = QProgressBar()
-        self.bar.setMaximumWidth(70)
+        self.bar.setMaximumWidth(52)
         self.bar.setTextVisible(True)
         self.bar.hide()
         self.button = QPushButton()

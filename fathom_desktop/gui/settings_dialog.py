@@ -285,8 +285,8 @@ class SettingsDialog(QDialog):
         self.notice_label.setTextFormat(Qt.TextFormat.PlainText)
         self.notice_label.hide()
         ladder = QHBoxLayout()
-        ladder.addWidget(self.model_list, 3)
-        ladder.addWidget(self.quality_chart, 2)
+        ladder.addWidget(self.model_list, 5)
+        ladder.addWidget(self.quality_chart, 3)
         layout.addWidget(QLabel("Model and quantization level"))
         layout.addWidget(self.gpu_label)
         layout.addLayout(ladder, 1)
@@ -305,7 +305,7 @@ class SettingsDialog(QDialog):
 
     def _show_chart(self) -> None:
         group = self.model_list.chart_group()
-        title = f"{group.title}: quality lost (KLD, log) by size" if group else ""
+        title = f"{group.title}: KLD (log) by size" if group else ""
         self.quality_chart.set_points(self.model_list.chart_points(), title)
         gpu = self.model_list.gpu()
         usable = gpu is not None and gpu.problem is None

@@ -218,7 +218,7 @@ def test_measure_fills_the_numbers_from_a_real_evaluation(qtbot, models: Path) -
 
     row, item = demo_row(dialog, "Q3_K_M")
     assert row.quality is not None and row.quality.tokens == 2040
-    assert item.text(3) == f"{100 * row.quality.top1:.1f} % · {row.quality.kld_mean:.4g}"
+    assert item.text(3) == f"{100 * row.quality.top1:.1f} % · {row.quality.kld_mean:.3g}"
     # Measured like its neighbours, it lands between them.
     q4, q2 = demo_row(dialog, "Q4_K_M")[0].quality, demo_row(dialog, "Q2_K")[0].quality
     assert q4.kld_mean < row.quality.kld_mean < q2.kld_mean
