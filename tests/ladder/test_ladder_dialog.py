@@ -310,3 +310,15 @@ def test_make_and_measure_never_load_llama_cpp_in_the_window(models: Path) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"llama_cpp": False, "measured": True}
+
+
+def test_the_level_in_use_is_shown_and_choosing_another_is_a_change(qtbot, models: Path) -> None:
+    q8, q4 = demo_model("Q8_0", models), demo_model("Q4_K_M", models)
+    store = SettingsStore.load()  # no model chosen: the demo's Q8_0 is in use
+    dialog = open_dialog(qtbot, store, current_model=q8)
+    assert dialog.model_list.selected_path() == q8
+    assert [p.label for p in dialog.quality_chart.points() if p.current] == ["Q8_0"]
+    assert dialog.values()["model_path"] is None  # the level in use: nothing to reload
+    dialog.model_list.select_path(q4)
+    assert dialog.apply()  # the demo's 4,096-token context is capped by the engine, not refused
+    assert store.get("model_path") == str(q4)

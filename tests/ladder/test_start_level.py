@@ -187,3 +187,24 @@ def test_the_app_starts_on_that_level_not_on_the_demo(qtbot, monkeypatch, window
     assert window.banner.text().startswith(f"Started on Fathom-R1-14B {expected[1].option.quant}:")
     # Not made the user's choice: the next start chooses again (a new card, a new level).
     assert window.store.get("model_path") is None
+
+
+def test_a_fresh_install_starts_the_demo_and_measures_its_ladder(qtbot, window) -> None:
+    from fathom_desktop.gui.ladder_jobs import ladder_jobs
+    from fathom_desktop.model_ladder import read_ladder
+
+    started = start_model(window, window.store, None)
+    assert isinstance(started, DemoStart)
+    try:
+        qtbot.waitUntil(lambda: window.session.state is SessionState.READY, timeout=60_000)
+        assert window.session.report.model_path.name.endswith("-Q8_0.gguf")
+        # Once the demo is loaded, its ladder is made and measured in the background.
+        assert started.ladder_key in ladder_jobs().running()
+        qtbot.waitUntil(lambda: not ladder_jobs().running(), timeout=120_000)
+    finally:
+        started.stop()
+        ladder_jobs().cancel_all(wait_s=15)
+    (group,) = read_ladder(paths.models_dir()).groups
+    measured = [row.quant for row in group.rows if row.quality is not None]
+    assert measured == list(demo.DEMO_LEVELS)
+    assert window.store.get("model_path") is None
