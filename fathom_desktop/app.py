@@ -305,7 +305,11 @@ class DemoStart(QObject):
         except BackendUnavailableError:
             self._no_backend = True
             raise
-        chosen = self._converted_model()
+        try:
+            chosen = self._converted_model()
+        except Exception as error:  # noqa: BLE001 - an unreadable folder must not cost the demo
+            logging.getLogger(__name__).warning("no converted model to start on: %s", error)
+            chosen = None
         if chosen is not None:
             return chosen
         stored = self._store.get("model_path")
@@ -362,9 +366,8 @@ class DemoStart(QObject):
         if session.closed:
             return True
         stored = self._store.get("model_path")
-        return (stored and not _names_a_demo_level(stored)) or (
-            session.state is not SessionState.NO_MODEL
-        )
+        chosen = bool(stored) and not _names_a_demo_level(stored)
+        return chosen or session.state is not SessionState.NO_MODEL
 
     @Slot(str, int, int, str)
     def _on_progress(self, step: str, done: int, total: int, _message: str) -> None:
