@@ -22,7 +22,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QFont, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QHBoxLayout,
     QHeaderView,
     QProgressBar,
     QPushButton,
@@ -34,6 +33,17 @@ from PySide6.QtWidgets import (
 from fathom_desktop.engine.gguf_check import ModelFileInfo
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.gui.background import BackgroundJobs
+from fathom_desktop.gui.ladder_cells import (
+    ACTION_WIDTH,
+    IMATRIX_CHUNKS,
+    MAKE,
+    MEASURE,
+    NEEDS_SOURCE,
+    ActionCell,
+    model_entry,
+    quality_text,
+    quality_tooltip,
+)
 from fathom_desktop.gui.ladder_jobs import JobProgress, LadderJobs, ladder_jobs
 from fathom_desktop.gui.model_list import (
     CHECKING,
@@ -56,99 +66,6 @@ from fathom_desktop.model_ladder import (
     imatrix_path,
     read_ladder,
 )
-
-NOT_MEASURED = "not measured"
-NOT_MADE = "not made"
-MAKE, MEASURE, CANCEL = "Make", "Measure", "Cancel"
-NEEDS_SOURCE = "Needs BF16…"
-ACTION_WIDTH = 128
-# Levels of models other than the demo are calibrated on this many chunks of the shipped text.
-IMATRIX_CHUNKS = 100
-
-
-def quality_text(row: LadderRow) -> str:
-    q = row.quality
-    if q is None:
-        return "reference" if row.is_reference else (NOT_MEASURED if row.made else "")
-    return f"{100 * q.top1:.1f} % · {q.kld_mean:.3g}"
-
-
-def quality_tooltip(row: LadderRow, group: ModelGroup) -> str:
-    reference = group.reference.name if group.reference else "the BF16 file"
-    if row.is_reference:
-        return f"{row.path.name} is the reference the other levels are measured against."
-    q = row.quality
-    if q is None:
-        return (
-            f"Not measured yet. Measure runs this level and {reference} over the same text and "
-            f"compares their predictions token by token."
-        )
-    return (
-        f"How close {row.quant} stays to {reference}, measured on {q.tokens:,} tokens of the "
-        f"shipped evaluation text ({q.chunks} chunks of {q.ctx}; llama.cpp's method):\n"
-        f"• Same top token: {100 * q.top1:.2f} % ± {100 * q.top1_se:.2f} of the time both pick "
-        f"the same most likely next token (100 % = no change).\n"
-        f"• KLD: {q.kld_mean:.5f} ± {q.kld_se:.5f}, how far the level's next-token probabilities "
-        f"drift from the reference's, averaged over the tokens (0 = identical; lower is "
-        f"better); 1 token in 100 drifts more than {q.kld_p99:.4f}.\n"
-        f"• Perplexity {q.ppl:.3f} against the reference's {q.ppl_reference:.3f}."
-    )
-
-
-def _entry(row: LadderRow) -> ModelEntry:
-    return ModelEntry(
-        path=row.path,
-        size_bytes=row.size_bytes,
-        quant=row.quant,
-        sha256=row.sha256,
-        in_manifest=row.sha256 is not None,
-        aliases=row.aliases,
-    )
-
-
-class _ActionCell(QWidget):
-    """The last column of a level: Make / Measure, or progress and Cancel while it runs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(2, 0, 2, 0)
-        self.bar = QProgressBar()
-        self.bar.setMaximumWidth(52)
-        self.bar.setTextVisible(True)
-        self.bar.hide()
-        self.button = QPushButton()
-        self.button.setAutoDefault(False)
-        layout.addWidget(self.bar)
-        layout.addWidget(self.button)
-        self._slot: Callable[[], None] | None = None
-        self.button.clicked.connect(lambda: self._slot() if self._slot else None)
-
-    def show_button(self, text: str, slot: Callable[[], None], tip: str, enabled: bool) -> None:
-        self.bar.hide()
-        self.button.setText(text)
-        self.button.setToolTip(tip)
-        self.button.setEnabled(enabled)
-        self.button.show()
-        self._slot = slot
-
-    def show_progress(self, progress: JobProgress | None, cancel: Callable[[], None]) -> None:
-        self.bar.show()
-        percent = progress.percent if progress is not None else None
-        if percent is None:
-            self.bar.setRange(0, 0)  # busy, no figure yet
-        else:
-            self.bar.setRange(0, 100)
-            self.bar.setValue(percent)
-        self.bar.setToolTip(progress.step if progress else "")
-        self.show_cancel(cancel)
-
-    def show_cancel(self, cancel: Callable[[], None]) -> None:
-        self.button.setText(CANCEL)
-        self.button.setToolTip("Stop; nothing unfinished is kept.")
-        self.button.setEnabled(True)
-        self.button.show()
-        self._slot = cancel
 
 
 class LadderList(QTreeWidget):
@@ -183,7 +100,7 @@ class LadderList(QTreeWidget):
         header.resizeSection(self.ACTION, ACTION_WIDTH)
         self._groups: list[ModelGroup] = []
         self._items: list[tuple[ModelGroup, LadderRow, QTreeWidgetItem]] = []
-        self._cells: dict[Path, _ActionCell] = {}
+        self._cells: dict[Path, ActionCell] = {}
         self._facts: dict[Path, ModelFacts] = {}
         self._fit_inputs: FitInputs | None = None
         self._gpu: GpuInfo | None = None
@@ -339,7 +256,7 @@ class LadderList(QTreeWidget):
                         self.setCurrentItem(item)
                 head.setExpanded(True)
             for _group, row, item in self._items:
-                cell = _ActionCell()
+                cell = ActionCell()
                 self._cells[row.path] = cell
                 self.setItemWidget(item, self.ACTION, cell)
         finally:
@@ -402,7 +319,7 @@ class LadderList(QTreeWidget):
             return CHECKING
         if row.made:
             return fit_from_facts(
-                _entry(row), self._facts.get(row.path), self._fit_inputs, self._gpu
+                model_entry(row), self._facts.get(row.path), self._fit_inputs, self._gpu
             )
         if self._gpu is None or self._gpu.problem is not None:
             return CPU_ONLY
@@ -435,10 +352,10 @@ class LadderList(QTreeWidget):
 
     def entry_for(self, path: Path | str) -> ModelEntry | None:
         found = self._find(path)
-        return _entry(found[1]) if found is not None and found[1].made else None
+        return model_entry(found[1]) if found is not None and found[1].made else None
 
     def entries(self) -> list[ModelEntry]:
-        return [_entry(row) for _g, row, _i in self._items if row.made]
+        return [model_entry(row) for _g, row, _i in self._items if row.made]
 
     def facts(self, path: Path | str) -> ModelFacts | None:
         found = self._find(path)

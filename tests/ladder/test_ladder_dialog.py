@@ -17,8 +17,8 @@ from convert.quantize import LADDER
 from fathom_desktop import paths
 from fathom_desktop.engine import planner
 from fathom_desktop.engine.planner import GpuInfo
+from fathom_desktop.gui.ladder_cells import MAKE, MEASURE, NEEDS_SOURCE, NOT_MEASURED
 from fathom_desktop.gui.ladder_jobs import ladder_jobs
-from fathom_desktop.gui.ladder_list import MAKE, MEASURE, NEEDS_SOURCE, NOT_MEASURED
 from fathom_desktop.gui.settings_dialog import SettingsDialog
 from fathom_desktop.settings import SettingsStore
 from tests.gui.conftest import cuda_backend
