@@ -421,7 +421,8 @@ class ConsensusView(QFrame):
                 # Started, but the reply ended before it did and nothing of it was kept.
                 sample.state = LaneState.UNFINISHED
             self._show_lane(sample)
-        winner = vote.winner if vote is not None else None
+        # With nothing boxed there is no winner to point at (the reply shows the first sample).
+        winner = vote.winner if vote is not None and vote.answer is not None else None
         self.winner = winner if winner is not None and winner < len(self.samples) else None
         for lane in self.lanes:
             lane.set_winner(lane.index == self.winner)

@@ -195,6 +195,7 @@ class ReasoningPane(QFrame):
         self._fit_body()
         self.tokens = tokens
         self._elapsed = seconds
+        self._started = None  # a time not stored is not shown (nor counted from a live start)
         self.state = ReasoningState.STOPPED if stopped else ReasoningState.DONE
         self.set_expanded(False)
         self._refresh_header()

@@ -65,7 +65,7 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class StreamBatch:
-    """New text since the previous batch, with the sample's running token counts (the sums of
+    """New text since the previous batch, with the reply's running token counts (the sums of
     the engine's `TextDelta.tokens`, so they are the engine's own counts)."""
 
     request_id: int
@@ -73,7 +73,6 @@ class StreamBatch:
     answer: str
     reasoning_tokens: int
     answer_tokens: int
-    sample_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,6 @@ class LoadFailed:
 @dataclass
 class _Batcher:
     request_id: int
-    sample_index: int = 0
     reasoning: list[str] = field(default_factory=list)
     answer: list[str] = field(default_factory=list)
     reasoning_tokens: int = 0
@@ -171,17 +169,10 @@ class _Batcher:
             "".join(self.answer),
             self.reasoning_tokens,
             self.answer_tokens,
-            self.sample_index,
         )
         self.reasoning.clear()
         self.answer.clear()
         return batch
-
-    def next_sample(self, index: int) -> None:
-        self.sample_index = index
-        self.reasoning_tokens = self.answer_tokens = 0
-        self.all_reasoning.clear()
-        self.all_answer.clear()
 
 
 @dataclass
@@ -320,7 +311,7 @@ class EngineWorker(QObject):
         if isinstance(event, Finished):
             self.generation_done.emit(GenerationDone(request_id, event))
         else:
-            self.notice.emit(StreamNotice(request_id, event, batcher.sample_index))
+            self.notice.emit(StreamNotice(request_id, event))
 
     def _consensus(self, request: GenerationRequest, batcher: _Batcher) -> None:
         """Every sample gets a lane; all lanes that changed go to the GUI in one batch every

@@ -114,6 +114,20 @@ def test_samples_without_a_boxed_answer_get_their_own_bar(make_window, qtbot):
     assert _view(window).lanes[1].answer.text() == "no boxed answer"
 
 
+def test_with_nothing_boxed_no_sample_is_called_the_winner(make_window, qtbot):
+    boxless = FakeScript(reasoning="Hmm.\n", answer="I am not sure.")
+    window = make_window(_engine(scripts=(boxless,)))
+    _ask(window, 2)
+    wait_idle(qtbot, window)
+    view = _view(window)
+    assert view.chart.caption() == "Vote: none of 2 boxed an answer"
+    assert view.winner is None and not any(lane.winner for lane in view.lanes)
+    assert view.showing.text().startswith("Showing sample 1 ·")
+    reply = window.chat.assistant_messages()[-1]
+    assert "Consensus ×2: no sample boxed an answer" in reply.figures.text()
+    assert reply.answer.source == boxless.answer
+
+
 def test_the_winner_is_shown_and_any_sample_can_be_browsed(make_window, qtbot):
     window = make_window(_engine())
     _ask(window, 6)
@@ -130,6 +144,9 @@ def test_the_winner_is_shown_and_any_sample_can_be_browsed(make_window, qtbot):
     assert view.selected == 4 and view.lanes[4].selected and not view.lanes[0].selected
     assert reply.reasoning.text() == RIGHT_LONG.reasoning
     assert reply.answer.source == RIGHT_LONG.answer
+    # Samples ran together: no duration of its own, its own token count.
+    tokens = window.engine.count_tokens(RIGHT_LONG.reasoning)
+    assert reply.reasoning.header_text() == f"Thought · {tokens} tokens"
     assert view.showing.text().startswith("Showing sample 5 ·")
 
     # A click on the 2501 bar shows the first sample that said 2501, then the next one.
