@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFontMetrics, QMouseEvent, QPainter, QPaintEvent, QPalette
+from PySide6.QtGui import (
+    QColor,
+    QFontMetrics,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QPalette,
+    QPen,
+)
 from PySide6.QtWidgets import (
     QFrame,
     QGridLayout,
@@ -31,6 +39,7 @@ from fathom_desktop.gui.worker import SampleProgress
 from fathom_desktop.history.samples import SampleRecord, VoteRecord, vote_labels, voted_for
 
 LANE_COLUMNS = 4
+LANE_PADDING_PX = 5
 LANES_MAX_HEIGHT_PX = 236  # about four rows of lanes; more scroll
 BAR_HEIGHT_PX = 18
 BAR_GAP_PX = 5
@@ -109,8 +118,12 @@ class SampleText:
 # -- one lane -------------------------------------------------------------------------------------
 
 
-class SampleLane(QFrame):
-    """A sample at a glance: "#3 · thinking", "1,234 tokens", then "= 2500"."""
+class SampleLane(QWidget):
+    """A sample at a glance: "#3 · thinking", "1,234 tokens", then "= 2500".
+
+    Drawn by its own paintEvent: 64 lanes change many times a second, and a label per line (or
+    a style sheet per state) would relayout or restyle the transcript on every change.
+    """
 
     clicked = Signal(int)
 
@@ -118,70 +131,83 @@ class SampleLane(QFrame):
         super().__init__(parent)
         self.setObjectName("sampleLane")
         self.index = index
-        self.setFrameShape(QFrame.Shape.StyledPanel)
         self.setCursor(Qt.CursorShape.PointingHandCursor)
         self.setToolTip("Show this sample's reasoning and answer")
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.title = QLabel(self)
-        self.tokens = QLabel(self)
-        self.answer = QLabel(self)
-        for label in (self.title, self.tokens, self.answer):
-            label.setTextFormat(Qt.TextFormat.PlainText)  # a boxed value is model text
-        self.answer.setObjectName("laneAnswer")
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(6, 3, 6, 3)
-        layout.setSpacing(0)
-        layout.addWidget(self.title)
-        layout.addWidget(self.tokens)
-        layout.addWidget(self.answer)
-        self._shown: tuple[object, ...] = ()
+        self.state = LaneState.WAITING
+        self.lines: tuple[str, str, str] = ("", "", "")
         self.selected = False
         self.winner = False
         self.show_sample(LaneState.WAITING, 0, None)
 
     def show_sample(self, state: LaneState, reasoning_tokens: int, boxed: str | None) -> None:
-        shown = (state, reasoning_tokens, boxed)
-        if shown == self._shown:
-            return  # nothing to relayout
-        self._shown = shown
-        self.state = state
-        self.title.setText(f"#{self.index + 1} · {state.value}")
-        self.tokens.setText(tokens_text(reasoning_tokens) if state is not LaneState.WAITING else "")
         if boxed is not None:
-            self.answer.setText(f"= {_elided(boxed, 18)}")
+            answer = f"= {_elided(boxed, 18)}"
         elif state.running or state is LaneState.WAITING:
-            self.answer.setText("")
+            answer = ""
         else:
-            self.answer.setText("no boxed answer")
-        self._restyle()
+            answer = NO_ANSWER
+        tokens = tokens_text(reasoning_tokens) if state is not LaneState.WAITING else ""
+        lines = (f"#{self.index + 1} · {state.value}", tokens, answer)
+        if (state, lines) != (self.state, self.lines):
+            self.state, self.lines = state, lines
+            self.update()  # a repaint of this lane only; its size never changes
+
+    @property
+    def title(self) -> str:
+        return self.lines[0]
+
+    @property
+    def tokens(self) -> str:
+        return self.lines[1]
+
+    @property
+    def answer(self) -> str:
+        return self.lines[2]
 
     def set_selected(self, selected: bool) -> None:
         if selected != self.selected:
             self.selected = selected
-            self._restyle()
+            self.update()
 
     def set_winner(self, winner: bool) -> None:
         if winner != self.winner:
             self.winner = winner
-            self._restyle()
+            self.update()
 
-    def _restyle(self) -> None:
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return QSize(150, 3 * QFontMetrics(self.font()).lineSpacing() + 2 * LANE_PADDING_PX)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override
+        return QSize(80, self.sizeHint().height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+        painter = QPainter(self)
         palette = self.palette()
-        colour = palette.color(QPalette.ColorRole.Highlight)
-        border = colour.name() if self.selected else palette.color(QPalette.ColorRole.Mid).name()
-        weight = 2 if self.selected else 1
-        faded = self.state is LaneState.WAITING
-        text = "gray" if faded else palette.color(QPalette.ColorRole.Text).name()
-        background = "transparent"
+        accent = palette.color(QPalette.ColorRole.Highlight)
+        frame = QRectF(self.rect()).adjusted(1, 1, -1, -1)
         if self.winner:
-            tint = QColor(colour)
+            tint = QColor(accent)
             tint.setAlpha(40)
-            background = f"rgba({tint.red()},{tint.green()},{tint.blue()},{tint.alpha()})"
-        self.setStyleSheet(
-            f"#sampleLane {{ border: {weight}px solid {border}; border-radius: 4px;"
-            f" background: {background}; }}"
-            f" QLabel {{ color: {text}; background: transparent; }}"
-        )
+            painter.fillRect(frame, tint)
+        pen = QPen(accent if self.selected else palette.color(QPalette.ColorRole.Mid))
+        pen.setWidthF(2.0 if self.selected else 1.0)
+        painter.setPen(pen)
+        painter.drawRoundedRect(frame, 4, 4)
+        colour = palette.color(QPalette.ColorRole.Text)
+        if self.state is LaneState.WAITING:
+            colour = palette.color(QPalette.ColorRole.PlaceholderText)
+        painter.setPen(colour)
+        metrics = QFontMetrics(self.font())
+        width = self.width() - 2 * LANE_PADDING_PX
+        for row, line in enumerate(self.lines):
+            top = LANE_PADDING_PX + row * metrics.lineSpacing()
+            painter.drawText(
+                QRectF(LANE_PADDING_PX, top, width, metrics.lineSpacing()),
+                int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+                metrics.elidedText(line, Qt.TextElideMode.ElideRight, width),
+            )
+        painter.end()
 
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
         if event.button() == Qt.MouseButton.LeftButton:

@@ -66,9 +66,9 @@ def test_consensus_of_four_on_the_demo_model_in_the_window(
     for lane, sample in zip(view.lanes, stored.samples, strict=True):
         assert sample["reasoning_tokens"] > 20 and sample["reasoning"]
         assert sample["boxed"] == extract_boxed(sample["answer"])
-        assert lane.tokens.text() == f"{sample['reasoning_tokens']} tokens"
+        assert lane.tokens == f"{sample['reasoning_tokens']} tokens"
         if sample["boxed"] is not None:
-            assert lane.answer.text() == f"= {sample['boxed']}"
+            assert lane.answer == f"= {sample['boxed']}"
     # The chart is the engine's vote; the panes show its winner.
     boxed = [normalize_answer(s["boxed"]) for s in stored.samples if s["boxed"] is not None]
     assert {bar.key: bar.count for bar in view.chart.bars if bar.key} == vote["votes"]
