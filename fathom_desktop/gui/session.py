@@ -259,8 +259,10 @@ class ChatSession(QObject):
 
     # -- starting and steering a turn -------------------------------------------------------------
 
-    def send(self, text: str, samples: int = 1) -> bool:
-        """Add `text` as your message and start the reply; False if nothing was started."""
+    def send(self, text: str, samples: int = 1, parallel: int | None = None) -> bool:
+        """Add `text` as your message and start the reply; False if nothing was started.
+        `samples` > 1 asks for a consensus, at most `parallel` samples decoding at once (None:
+        as many as the engine fits)."""
         text = text.strip()
         if not text or not self.state.takes_messages:
             return False
@@ -276,9 +278,9 @@ class ChatSession(QObject):
             return False
         self.user_message_added.emit(message_id, text)
         self.conversations_changed.emit()
-        return self._when_ready(lambda: self._start_turn(samples))
+        return self._when_ready(lambda: self._start_turn(samples, parallel=parallel))
 
-    def regenerate(self, samples: int = 1) -> bool:
+    def regenerate(self, samples: int = 1, parallel: int | None = None) -> bool:
         """Replace the last reply with a new one (its user message stays)."""
         if not self.state.takes_messages or self.conversation_id is None:
             return False
@@ -294,7 +296,7 @@ class ChatSession(QObject):
             self.problem.emit(str(error))
             return False
         self._show_current()
-        return self._when_ready(lambda: self._start_turn(samples))
+        return self._when_ready(lambda: self._start_turn(samples, parallel=parallel))
 
     def resend_edited(self, message_id: int, text: str) -> bool:
         """Your edited message replaces the old one; everything after it is dropped and redone."""

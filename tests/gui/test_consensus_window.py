@@ -95,6 +95,20 @@ def test_lanes_show_the_samples_side_by_side_at_most_p_at_once(make_window, qtbo
     screenshot(window, artifacts, "consensus-done")
 
 
+def test_a_cap_on_parallel_samples_is_kept(make_window, qtbot):
+    window = make_window(_engine(tokens_per_s=150.0, scripts=LONGER))
+    running: list[int] = []
+    window.session.consensus_progress.connect(
+        lambda _p: running.append(sum(lane.state.running for lane in _view(window).lanes))
+    )
+    assert window.session.send(QUESTION, samples=5, parallel=2)
+    wait_idle(qtbot, window)
+    assert max(running) == 2
+    [_, stored] = _stored(window)
+    assert stored.stats["consensus"]["parallel"] == 2
+    assert _view(window).header.text() == "Consensus ×5 · up to 2 decoded at once"
+
+
 def test_the_vote_chart_counts_answers_as_samples_finish(make_window, qtbot):
     window = make_window(_engine())
     totals: list[int] = []
