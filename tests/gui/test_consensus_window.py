@@ -293,3 +293,28 @@ def test_a_consensus_cut_off_by_a_closing_app_keeps_its_samples(make_window, qtb
     assert stored.status is MessageStatus.STOPPED
     assert len(stored.samples) == 4
     assert all(s["reasoning"].startswith("step") for s in stored.samples)
+
+
+def test_a_consensus_the_app_died_in_shows_what_each_sample_had(make_window, qtbot, tmp_path):
+    from fathom_desktop.history.samples import SampleRecord
+
+    path = tmp_path / "died.sqlite3"
+    so_far = [
+        SampleRecord(0, "Half of a thought", "", None, 4, 0),
+        SampleRecord(1, "All of a thought", "So \\boxed{2500}.", "2500", 4, 3, "stop"),
+    ]
+    with History(path) as history:
+        conversation = history.create_conversation("Died")
+        history.add_user_message(conversation, QUESTION)
+        reply = history.begin_assistant_message(conversation, "m.gguf", "Q4_K_M", None)
+        history.save_partial(reply, "", "", [s.to_dict() for s in so_far])
+    window = make_window(history_path=path)
+    window.session.open_conversation(conversation)
+    shown = window.chat.assistant_messages()[-1]
+    view = shown.consensus
+    assert view is not None
+    assert [lane.state for lane in view.lanes] == [LaneState.UNFINISHED, LaneState.DONE]
+    assert "interrupted" in shown.figures.text()
+    assert shown.reasoning.text() == "Half of a thought"
+    qtbot.mouseClick(view.lanes[1], Qt.MouseButton.LeftButton)
+    assert shown.answer.source == "So \\boxed{2500}."
