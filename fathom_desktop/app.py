@@ -58,9 +58,9 @@ def _engine_host():
     """The engine the window uses: llama.cpp in a child process, so that a crash in it (a CUDA
     error, GPU memory running out mid-reply, a bad kernel) ends that process and not the window
     with the user's conversation on screen. The child starts in the background right away."""
-    from fathom_desktop.engine.process_engine import ProcessEngine
+    from fathom_desktop.engine.process_engine import SIDE_BY_SIDE_FACTORY, ProcessEngine
 
-    return ProcessEngine()
+    return ProcessEngine(SIDE_BY_SIDE_FACTORY)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from fathom_desktop.gui.reasoning_pane import LIVE_FIGURES_INTERVAL_S
 from fathom_desktop.gui.replies import (
     earlier_messages_text,
     figures_text,
+    finish_consensus_reply,
     restore_reply,
     stats_from_record,
 )
@@ -51,7 +52,7 @@ from fathom_desktop.gui.session_types import (
     TokenUsage,
 )
 from fathom_desktop.gui.sidebar import ConversationSidebar
-from fathom_desktop.gui.worker import EngineFactory
+from fathom_desktop.gui.worker import ConsensusProgress, EngineFactory
 from fathom_desktop.history import History, MessageStatus, StoredMessage
 from fathom_desktop.render.math import start_warm_up
 from fathom_desktop.settings import LOAD_KEYS, SettingsStore, SettingsValueError, load_settings
@@ -112,6 +113,7 @@ class MainWindow(QMainWindow):
         )
         session.reply_started.connect(self._on_reply_started)
         session.reply_text.connect(self._on_reply_text)
+        session.consensus_progress.connect(self._on_consensus_progress)
         session.reply_phase.connect(self._on_reply_phase)
         session.context_trimmed.connect(self._on_context_trimmed)
         session.usage_changed.connect(self._show_usage)
@@ -468,6 +470,8 @@ class MainWindow(QMainWindow):
                     self.chat.remove(earlier)
         collapse = bool(self.store.get("collapse_reasoning_when_answering"))
         widget = self.chat.add_assistant(started.message_id, collapse)
+        if started.samples > 1:
+            widget.start_consensus(started.samples)
         if started.reasoning:
             widget.reasoning.resume(
                 started.reasoning, started.reasoning_tokens, started.reasoning_seconds
@@ -485,6 +489,10 @@ class MainWindow(QMainWindow):
     def _on_reply_text(self, text: ReplyText) -> None:
         if self._reply is not None:
             self._reply.append(text.reasoning, text.answer, text.reasoning_tokens)
+
+    def _on_consensus_progress(self, progress: ConsensusProgress) -> None:
+        if self._reply is not None:
+            self._reply.consensus_progress(progress.samples)
 
     def _on_reply_phase(self, phase: Phase) -> None:
         if self._reply is None:
@@ -515,7 +523,9 @@ class MainWindow(QMainWindow):
         widget, self._reply = self._reply, None
         if widget is None:
             return
-        if ended.status is MessageStatus.ERROR:
+        if self._reply_samples > 1:
+            finish_consensus_reply(widget, ended)
+        elif ended.status is MessageStatus.ERROR:
             stats = stats_from_record(ended.record)
             if ended.answer:
                 widget.answer.setVisible(True)
@@ -526,11 +536,9 @@ class MainWindow(QMainWindow):
         else:
             stats = ended.stats
             assert stats is not None
-            # With several samples the pane holds them all, and so does its count.
-            tokens = widget.reasoning.tokens if self._reply_samples > 1 else stats.reasoning_tokens
-            figures = figures_text(stats, None, ended.record.get("consensus"))
+            figures = figures_text(stats, None, None)
             stopped = ended.status is MessageStatus.STOPPED
-            widget.finish(ended.answer, tokens, figures, stopped)
+            widget.finish(ended.answer, stats.reasoning_tokens, figures, stopped)
         widget.set_continuable(ended.status in CONTINUABLE)
         self._show_state(self.session.state)
 
