@@ -195,7 +195,7 @@ def _apply_theme(theme: str) -> None:
 
 
 def start_model(window, store, model: Path | None, *, fake_engine: bool = False):
-    """Load the model to use: --model, else Settings' model, else the embedded demo model.
+    """Load the model to use: --model, else Settings' server or model, else the demo model.
 
     Returns the DemoStart when it goes for the demo (its `dialog` is the first-run dialog should
     the demo be unavailable), else None.
@@ -204,6 +204,9 @@ def start_model(window, store, model: Path | None, *, fake_engine: bool = False)
     from fathom_desktop.engine.types import LoadOptions
     from fathom_desktop.settings import SettingsValueError
 
+    if model is None and store.get("model_source") == "server":
+        window.load_model()  # the server in Settings; --model still means a local file
+        return None
     if model is not None:
         try:
             store.set("model_path", str(model.resolve()))
