@@ -354,7 +354,8 @@ class MainWindow(QMainWindow):
         self.quant_label.setText(report.file_type)
         on_gpu = report.n_gpu_layers if report.gpu_offload_supported else 0
         remote = isinstance(self.session.last_good_load, RemoteLoadOptions)
-        self.gpu_label.setText("on the server" if remote else layers_on_gpu(on_gpu, report.n_layers))
+        where = "on the server" if remote else layers_on_gpu(on_gpu, report.n_layers)
+        self.gpu_label.setText(where)
         self.chat.welcome.show_model(report)
         # Keep the shown conversation's last turn on the meter; only the window size may change.
         self.meter.set_usage(dataclasses.replace(self.meter.usage, n_ctx=report.n_ctx))
