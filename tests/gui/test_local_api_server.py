@@ -33,8 +33,11 @@ REASONING = "Count from two: three, four, five. " * 4
 ANSWER = "$\\boxed{5}$"
 
 
-def _engine(tokens_per_s: float | None = None) -> FakeEngine:
-    return FakeEngine(FakeScript(reasoning=REASONING, answer=ANSWER), tokens_per_s=tokens_per_s)
+LONG_REASONING = REASONING * 30  # several seconds at the paces below, even on a busy machine
+
+
+def _engine(tokens_per_s: float | None = None, reasoning: str = REASONING) -> FakeEngine:
+    return FakeEngine(FakeScript(reasoning=reasoning, answer=ANSWER), tokens_per_s=tokens_per_s)
 
 
 def _api_window(make_window, qtbot, engine: FakeEngine, **settings: object):
@@ -86,7 +89,7 @@ def test_the_openai_client_uses_the_windows_model_without_a_second_load(make_win
 
 
 def test_a_request_waits_while_the_window_replies(make_window, qtbot):
-    engine = _engine(tokens_per_s=150.0)  # about a second per reply
+    engine = _engine(tokens_per_s=150.0, reasoning=LONG_REASONING)
     window, url = _api_window(make_window, qtbot, engine)
     qtbot.keyClicks(window.composer.edit, "The window asks first")
     qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
@@ -117,7 +120,7 @@ def test_a_request_waits_while_the_window_replies(make_window, qtbot):
 
 
 def test_the_window_waits_while_the_server_answers_and_the_status_bar_says_so(make_window, qtbot):
-    engine = _engine(tokens_per_s=150.0)
+    engine = _engine(tokens_per_s=150.0, reasoning=LONG_REASONING)
     window, url = _api_window(make_window, qtbot, engine)
 
     def ask() -> None:
@@ -137,7 +140,7 @@ def test_the_window_waits_while_the_server_answers_and_the_status_bar_says_so(ma
     assert window.session.state is SessionState.READING_PROMPT
     thread.join(WAIT_MS / 1000)
     wait_idle(qtbot, window)
-    assert window.chat.assistant_messages()[-1].reasoning.text() == REASONING
+    assert window.chat.assistant_messages()[-1].reasoning.text() == LONG_REASONING
     assert [r[-1].content.split("\n")[0] for r in engine.requests] == [
         "A tool first",
         "Then the window",
@@ -146,7 +149,7 @@ def test_the_window_waits_while_the_server_answers_and_the_status_bar_says_so(ma
 
 
 def test_stop_ends_a_message_that_waits_for_the_server(make_window, qtbot):
-    engine = _engine(tokens_per_s=100.0)
+    engine = _engine(tokens_per_s=100.0, reasoning=LONG_REASONING)
     window, url = _api_window(make_window, qtbot, engine)
     thread = threading.Thread(
         target=lambda: _client(url).chat.completions.create(
@@ -223,7 +226,7 @@ def test_turning_it_off_stops_it_and_a_busy_port_is_one_line(make_window, qtbot)
 
 
 def test_closing_the_window_mid_request_stops_the_server_cleanly(make_window, qtbot):
-    engine = _engine(tokens_per_s=50.0)
+    engine = _engine(tokens_per_s=50.0, reasoning=LONG_REASONING)
     window, url = _api_window(make_window, qtbot, engine)
     failures: list[BaseException] = []
 
