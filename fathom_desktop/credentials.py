@@ -13,7 +13,7 @@ import logging
 import threading
 
 import keyring
-from keyring.errors import KeyringError, PasswordDeleteError
+from keyring.errors import KeyringError, NoKeyringError, PasswordDeleteError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,10 @@ def api_key(account: str) -> str | None:
             return _cache[account]
     try:
         key = keyring.get_password(SERVICE, account) or None
-    except (KeyringError, RuntimeError) as error:  # no backend, or a locked one refused
+    except NoKeyringError:
+        log.info("no system keyring here: no stored %s key", account)
+        key = None
+    except (KeyringError, RuntimeError) as error:  # a locked keyring refused, a broken one
         log.warning("could not read the %s key from the keyring: %s", account, error)
         key = None
     with _lock:

@@ -104,6 +104,7 @@ class MainWindow(QMainWindow):
         self._reply_samples = 1
         self._usage_shown_at = 0.0
         self._last_local_load: LoadOptions | None = None  # to come back to from a server
+        self._server_note: str | None = None  # "vLLM at …", shown while a server is used
 
         start_warm_up()
         self._build_widgets()
@@ -359,9 +360,12 @@ class MainWindow(QMainWindow):
         self.chat.welcome.show_model(report)
         # Keep the shown conversation's last turn on the meter; only the window size may change.
         self.meter.set_usage(dataclasses.replace(self.meter.usage, n_ctx=report.n_ctx))
+        server_note, self._server_note = self._server_note, None
         if report.notes:
             self.show_banner(" ".join(report.notes), BannerKind.NOTE)
-        elif self.banner.buttons:
+            if remote:
+                self._server_note = " ".join(report.notes)
+        elif self.banner.buttons or (server_note and self.banner.text() == server_note):
             self.hide_banner()  # the model is back: Reload has nothing left to do
 
     def _clear_model_labels(self) -> None:

@@ -127,8 +127,9 @@ class RemoteSettings(QWidget):
         form.addRow("API key", self.server_key)
         test_row = QHBoxLayout()
         test_row.addWidget(self.test_button)
-        test_row.addWidget(self.connection_result, 1)
+        test_row.addStretch(1)
         form.addRow("", test_row)
+        form.addRow("", self.connection_result)  # its own row: the line wraps, never clipped
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -196,9 +196,15 @@ class SettingsDialog(QDialog):
                 outer.addWidget(self.remote.local_only(self._build_model_picker()))
             form = QFormLayout()
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-            outer.addLayout(form)
             if group is SettingGroup.MODEL:
+                # The load options apply to a local GGUF only.
+                load_options = QWidget()
+                load_options.setLayout(form)
+                form.setContentsMargins(0, 0, 0, 0)
+                outer.addWidget(self.remote.local_only(load_options))
                 outer.addWidget(self.remote.api_server_box)
+            else:
+                outer.addLayout(form)
             outer.addStretch(1)
             pages[group] = form
             self._tabs.addTab(page, group.value)

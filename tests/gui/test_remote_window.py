@@ -197,6 +197,28 @@ def test_the_window_chats_with_a_server_with_the_key_from_the_keyring(
         assert stored.reasoning == REASONING and stored.content == f"\n\n{ANSWER}".lstrip("\n")
 
 
+def test_going_back_to_the_local_model_from_a_server(make_window, qtbot) -> None:
+    with replay_server(owned_by="vllm", script=_vllm_reply([])) as server:
+        window = make_window(settings=_server_settings(server.url))
+        assert window.banner.text() == f"vLLM at {server.url}, model {server.model}"
+        _ask(window, qtbot)
+        wait_idle(qtbot, window)
+    window.store.update({"model_source": "local"})
+    window.apply_settings(["model_source"])
+    qtbot.waitUntil(lambda: len(window.engine.load_calls) == 1, timeout=WAIT_MS)
+    wait_idle(qtbot, window)
+    assert window.model_label.text() == "fathom-r1-14b.Q4_K_M.gguf"
+    assert window.banner.text() == ""  # the server's note went with the server
+    assert window.composer.answer_now_button.toolTip() == (
+        "End the reasoning here and ask for the answer"
+    )
+    _ask(window, qtbot, "And locally?")
+    wait_idle(qtbot, window)
+    assert window.engine.requests[-1][-1].content.startswith("And locally?")
+    # The conversation with the server's reply went to the local model as it was.
+    assert window.engine.requests[-1][0].content.startswith("What is 2 + 3?")
+
+
 def test_consensus_is_one_request_with_n_on_vllm(make_window, qtbot) -> None:
     headers: list[str | None] = []
     with replay_server(owned_by="vllm", script=_vllm_reply(headers)) as server:
@@ -246,6 +268,8 @@ def test_answer_now_is_disabled_with_the_reason_where_the_server_cannot_prefill(
             "Unavailable: llama-cpp-python server cannot continue a started reply, so the "
             "reasoning cannot be cut short."
         )
+        # llama-cpp-python's server does not report its context window: the meter says so.
+        assert window.meter.label.text().endswith("· context size not reported")
         release.set()
         wait_idle(qtbot, window)
         assert window.chat.assistant_messages()[-1].reasoning.text() == "Let me think"
