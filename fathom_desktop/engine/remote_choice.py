@@ -18,10 +18,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from fathom_desktop.engine.consensus import ConsensusResult
 from fathom_desktop.engine.errors import EngineError, ModelNotLoadedError
-from fathom_desktop.engine.remote import RemoteEndpoint, RemoteEngine
 from fathom_desktop.engine.types import (
     ChatEngine,
     ChatMessage,
@@ -34,6 +34,9 @@ from fathom_desktop.engine.types import (
     SamplingParams,
     StreamEvent,
 )
+
+if TYPE_CHECKING:  # the HTTP client loads only when a server is used
+    from fathom_desktop.engine.remote import RemoteEndpoint, RemoteEngine
 
 _WAIT_POLL_S = 0.05  # how often a waiting turn looks at Stop
 
@@ -167,6 +170,8 @@ class EngineChoice:
 
     def _load(self, options: LoadOptions) -> LoadReport:
         if isinstance(options, RemoteLoadOptions):
+            from fathom_desktop.engine.remote import RemoteEngine
+
             if options.endpoint is None:
                 raise EngineError("No server URL is set; enter one in File › Settings.")
             endpoint = options.endpoint

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QLabel, QWidget
@@ -17,8 +18,10 @@ from PySide6.QtWidgets import QLabel, QWidget
 from fathom_desktop import credentials
 from fathom_desktop.engine.remote_choice import EngineChoice, TurnState, User
 from fathom_desktop.gui.background import BackgroundJobs
-from fathom_desktop.serve.in_app import ApiServerError, InAppServer
 from fathom_desktop.settings import SettingsStore
+
+if TYPE_CHECKING:  # the server's stack loads only when it is turned on
+    from fathom_desktop.serve.in_app import InAppServer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,8 @@ class ApiServerControl(QObject):
     def _start(self, key: object, generation: int) -> None:
         if generation != self._generation:
             return  # the settings changed again meanwhile
+        from fathom_desktop.serve.in_app import ApiServerError, InAppServer
+
         host = str(self._store.get("api_server_host"))
         port = int(self._store.get("api_server_port"))  # type: ignore[arg-type]
         try:

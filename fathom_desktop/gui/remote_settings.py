@@ -10,6 +10,7 @@ operating system's keyring (credentials.py), never in the settings file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -28,11 +29,8 @@ from PySide6.QtWidgets import (
 
 from fathom_desktop import credentials
 from fathom_desktop.engine.remote_choice import RemoteLoadOptions
-from fathom_desktop.engine.remote_probe import ProbeResult, list_models, probe
-from fathom_desktop.engine.remote_server import RemoteEndpoint
 from fathom_desktop.gui.background import BackgroundJobs
 from fathom_desktop.gui.local_api import API_KEY_CHANGED, API_SERVER_KEYS
-from fathom_desktop.serve.in_app import ApiServerError, check_address
 from fathom_desktop.settings import (
     SETTINGS_BY_KEY,
     ModelSource,
@@ -40,6 +38,9 @@ from fathom_desktop.settings import (
     SettingsValueError,
     defaults,
 )
+
+if TYPE_CHECKING:  # the HTTP client loads only when a server is used
+    from fathom_desktop.engine.remote_server import RemoteEndpoint
 
 # Settings that make the window connect again (or load the local model again) when they change.
 REMOTE_KEYS = frozenset({"model_source", "server_url", "server_model"})
@@ -55,6 +56,8 @@ def uses_server(store: SettingsStore) -> bool:
 
 
 def endpoint_from(url: str, model: str | None, api_key: str | None = None) -> RemoteEndpoint:
+    from fathom_desktop.engine.remote_server import RemoteEndpoint
+
     return RemoteEndpoint(url.strip(), api_key=api_key or None, model=model or None)
 
 
@@ -275,6 +278,8 @@ class RemoteSettings(QWidget):
         """Refuse what the settings table cannot see: a public API server without a key."""
         if not self.api_enabled.isChecked():
             return
+        from fathom_desktop.serve.in_app import ApiServerError, check_address
+
         try:
             check_address(self.api_host.text().strip(), self.api_key.text().strip() or None)
         except ApiServerError as error:
@@ -293,11 +298,15 @@ class RemoteSettings(QWidget):
             self._show_result("Enter the server's URL first.", failed=True)
             return
         self.test_button.setEnabled(False)
+        from fathom_desktop.engine.remote_probe import probe
+
         endpoint = self._endpoint()
         self._show_result(f"Testing {endpoint.base}…")
         self._jobs.run(lambda: probe(endpoint), self._tested, self._test_failed)
 
     def _tested(self, result: object) -> None:
+        from fathom_desktop.engine.remote_probe import ProbeResult
+
         assert isinstance(result, ProbeResult)
         self.test_button.setEnabled(True)
         self._offer_models(list(result.models))
@@ -317,6 +326,8 @@ class RemoteSettings(QWidget):
         url = self.url.text().strip()
         if not url or not self.chooses_server() or url == self._listed_for:
             return
+        from fathom_desktop.engine.remote_probe import list_models
+
         self._listed_for = url
         endpoint = self._endpoint()
         self._jobs.run(lambda: list_models(endpoint), self._offer_models, lambda _error: None)

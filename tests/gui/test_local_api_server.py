@@ -40,10 +40,12 @@ def _engine(tokens_per_s: float | None = None, reasoning: str = REASONING) -> Fa
     return FakeEngine(FakeScript(reasoning=reasoning, answer=ANSWER), tokens_per_s=tokens_per_s)
 
 
-def _api_window(make_window, qtbot, engine: FakeEngine, **settings: object):
+def _api_window(make_window, qtbot, engine: FakeEngine, load: bool = True, **settings: object):
     port = free_port()
     window = make_window(
-        engine, settings={"api_server_enabled": True, "api_server_port": port, **settings}
+        engine,
+        settings={"api_server_enabled": True, "api_server_port": port, **settings},
+        load=load,
     )
     qtbot.waitUntil(lambda: window.api_server.running, timeout=WAIT_MS)
     assert window.api_server.server.wait_started()
@@ -86,6 +88,18 @@ def test_the_openai_client_uses_the_windows_model_without_a_second_load(make_win
     wait_idle(qtbot, window)
     assert window.chat.assistant_messages()[-1].reasoning.text() == REASONING
     assert len(engine.load_calls) == 1
+
+
+def test_before_the_window_has_a_model_requests_get_503(make_window, qtbot):
+    window, url = _api_window(make_window, qtbot, _engine(), load=False)
+    client = _client(url)
+    assert [m.id for m in client.models.list().data] == ["no-model-loaded"]
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(
+            model="no-model-loaded", messages=[{"role": "user", "content": "Hello?"}]
+        )
+    assert caught.value.status_code == 503
+    assert caught.value.body["message"] == "No model is loaded yet; try again once it is."
 
 
 def test_a_request_waits_while_the_window_replies(make_window, qtbot):
