@@ -48,9 +48,13 @@ def _vllm_reply(headers: list[str | None]):
         if n == 1:
             stream_vllm(reply, REASONING, ANSWER)
             return
+        # vLLM streams the n choices interleaved, chunk by chunk.
         reply.start_events()
+        for step in range(3):
+            for choice in range(n):
+                thought = f"sample {choice} thinks ({step}). "
+                reply.event(vllm_chunk({"reasoning_content": thought}, index=choice))
         for choice in range(n):
-            reply.event(vllm_chunk({"reasoning_content": f"sample {choice} thinks"}, index=choice))
             answer = ANSWER if choice else "So $\\boxed{6}$."
             reply.event(vllm_chunk({"content": answer}, finish="stop", index=choice))
         reply.end_events()
@@ -227,6 +231,12 @@ def test_consensus_is_one_request_with_n_on_vllm(make_window, qtbot) -> None:
         assert window.consensus(3)
         wait_idle(qtbot, window)
         assert len(server.requests) == 1 and server.requests[0]["n"] == 3
+        # The pane shows the samples one after another, as a local consensus does.
+        pane = window.chat.assistant_messages()[-1].reasoning.text()
+        assert pane.count("── sample") == 2
+        first, second, third = (pane.index(f"sample {i} thinks (0)") for i in range(3))
+        assert pane.index("sample 0 thinks (2)") < second < pane.index("sample 1 thinks (2)")
+        assert pane.index("sample 1 thinks (2)") < third and first < second
         stored = window.session.history.messages(window.session.conversation_id)[-1]
         assert stored.stats["consensus"]["answer"] == "5"
         assert stored.stats["consensus"]["votes"] == {"5": 2, "6": 1}
@@ -241,6 +251,8 @@ def test_consensus_is_k_requests_a_few_at_a_time_where_n_is_unsupported(make_win
         assert len(server.requests) == 6
         assert all("n" not in body for body in server.requests)
         assert 1 <= server.max_in_flight <= 4  # RemoteEndpoint.max_parallel
+        pane = window.chat.assistant_messages()[-1].reasoning.text()
+        assert pane.count("── sample") == 5 and pane.count(REASONING) == 6
         stored = window.session.history.messages(window.session.conversation_id)[-1]
         assert stored.stats["consensus"]["answer"] == "5"
 
