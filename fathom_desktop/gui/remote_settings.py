@@ -156,6 +156,10 @@ class RemoteSettings(QWidget):
             "Serve the loaded model to other programs while the app is open"
         )
         self.api_enabled.setObjectName("api_server_enabled")
+        self.api_enabled.setToolTip(
+            "fathom-serve's OpenAI-compatible API (/v1/chat/completions, /v1/models) over the "
+            "model the window has loaded; the window and the server's clients take turns on it."
+        )
         self.api_host = QLineEdit()
         self.api_host.setObjectName("api_server_host")
         self.api_host.setToolTip(SETTINGS_BY_KEY["api_server_host"].help)
@@ -172,13 +176,6 @@ class RemoteSettings(QWidget):
         form.addRow("Address", self.api_host)
         form.addRow("Port", self.api_port)
         form.addRow("API key", self.api_key)
-        form.addRow(
-            "",
-            _note(
-                "OpenAI-compatible: /v1/chat/completions, /v1/models. The window and the "
-                "server's clients take turns on the one model."
-            ),
-        )
         return box
 
     # -- showing -------------------------------------------------------------------------------
