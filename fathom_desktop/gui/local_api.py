@@ -76,8 +76,15 @@ class ApiServerControl(QObject):
             self._show_turns(self._last_turns)
             return
         generation = self._generation
+        stopping = list(self._stopping)
+
+        def key_once_the_port_is_free() -> str | None:
+            for thread in stopping:  # a server being turned off still holds the port
+                thread.join()
+            return credentials.api_key(credentials.LOCAL_API_SERVER)
+
         self._jobs.run(
-            lambda: credentials.api_key(credentials.LOCAL_API_SERVER),
+            key_once_the_port_is_free,
             lambda key: self._start(key, generation),
             lambda error: self.problem.emit(f"The API server did not start: {error}"),
         )

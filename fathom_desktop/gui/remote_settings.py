@@ -98,6 +98,7 @@ class RemoteSettings(QWidget):
         self._local_parts: list[QWidget] = []
         # The keys as the keyring holds them (None until read); a change is saved on Apply.
         self._stored_keys: dict[str, str | None] = {}
+        self._reading: set[str] = set()  # accounts asked of the keyring (or already read)
 
         self.source = QComboBox()
         self.source.setObjectName("model_source")
@@ -148,6 +149,7 @@ class RemoteSettings(QWidget):
         self.load_from_store()
         self.source.currentIndexChanged.connect(self._source_shown)
         self.url.editingFinished.connect(self._list_models_if_new)
+        self.api_enabled.toggled.connect(lambda _on: self._read_keys())
         self._read_keys()
 
     def _build_api_server_box(self) -> QGroupBox:
@@ -196,6 +198,7 @@ class RemoteSettings(QWidget):
             widget.setVisible(not server)
         self.source_changed.emit(server)
         if server:
+            self._read_keys()
             self._list_models_if_new()
 
     def load_from_store(self) -> None:
@@ -219,12 +222,17 @@ class RemoteSettings(QWidget):
     # -- keys ----------------------------------------------------------------------------------
 
     def _read_keys(self) -> None:
-        """Fill the key fields from the keyring, off the GUI thread (a keyring may be slow)."""
+        """Fill the key fields from the keyring, off the GUI thread (a keyring may be slow or
+        ask to be unlocked), and only for the parts in use: a user who never chose a server or
+        the API server is never asked for the keyring."""
         accounts = (
-            (credentials.REMOTE_SERVER, self.server_key),
-            (credentials.LOCAL_API_SERVER, self.api_key),
+            (credentials.REMOTE_SERVER, self.server_key, self.chooses_server()),
+            (credentials.LOCAL_API_SERVER, self.api_key, self.api_enabled.isChecked()),
         )
-        for account, field in accounts:
+        for account, field, in_use in accounts:
+            if not in_use or account in self._reading:
+                continue
+            self._reading.add(account)
             field.setEnabled(False)
 
             def shown(key: object, account: str = account, field: QLineEdit = field) -> None:
@@ -247,7 +255,7 @@ class RemoteSettings(QWidget):
             (credentials.LOCAL_API_SERVER, self.api_key, API_KEY_CHANGED),
         ):
             if account not in self._stored_keys:
-                continue  # still being read: nothing the user could have changed
+                continue  # not read (not in use) or still being read: nothing to save
             key = field.text().strip() or None
             if key == self._stored_keys[account]:
                 continue

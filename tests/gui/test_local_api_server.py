@@ -202,6 +202,7 @@ def test_a_public_address_needs_a_key(qtbot, tmp_path: Path, memory_keyring):
     remote = dialog.remote
     qtbot.waitUntil(lambda: remote.api_key.isEnabled())
     remote.api_enabled.setChecked(True)
+    qtbot.waitUntil(remote.api_key.isEnabled)
     remote.api_host.setText("0.0.0.0")
     assert not dialog.apply()
     assert dialog.error_text() == (

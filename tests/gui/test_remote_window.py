@@ -94,6 +94,12 @@ def _dialog(qtbot, tmp_path: Path, store: SettingsStore) -> SettingsDialog:
     return dialog
 
 
+def _choose_server(qtbot, dialog: SettingsDialog) -> None:
+    remote = dialog.remote
+    remote.source.setCurrentIndex(remote.source.findData("server"))
+    qtbot.waitUntil(remote.server_key.isEnabled)  # its key, read from the keyring
+
+
 def test_test_connection_reports_the_server_in_one_line_and_apply_keeps_the_key_out_of_the_file(
     qtbot, tmp_path: Path, memory_keyring: MemoryKeyring
 ) -> None:
@@ -103,7 +109,7 @@ def test_test_connection_reports_the_server_in_one_line_and_apply_keeps_the_key_
         dialog = _dialog(qtbot, tmp_path, store)
         remote = dialog.remote
         assert remote.server_box.isHidden()  # a local GGUF by default
-        remote.source.setCurrentIndex(remote.source.findData("server"))
+        _choose_server(qtbot, dialog)
         assert not remote.server_box.isHidden()
         remote.url.setText(server.url)
         remote.server_key.setText(KEY)
@@ -135,10 +141,28 @@ def test_test_connection_reports_the_server_in_one_line_and_apply_keeps_the_key_
     assert again.remote.chooses_server()
 
 
+def test_settings_ask_the_keyring_only_for_the_parts_in_use(
+    qtbot, tmp_path: Path, memory_keyring: MemoryKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+    read = memory_keyring.get_password
+    monkeypatch.setattr(
+        memory_keyring,
+        "get_password",
+        lambda service, user: asked.append(user) or read(service, user),
+    )
+    dialog = _dialog(qtbot, tmp_path, SettingsStore(tmp_path / "settings.json"))
+    assert asked == []  # a locked keyring would otherwise ask to be unlocked at every visit
+    _choose_server(qtbot, dialog)
+    dialog.remote.api_enabled.setChecked(True)
+    qtbot.waitUntil(dialog.remote.api_key.isEnabled)
+    assert asked == [credentials.REMOTE_SERVER, credentials.LOCAL_API_SERVER]
+
+
 def test_test_connection_failure_is_one_line(qtbot, tmp_path: Path, memory_keyring) -> None:
     dialog = _dialog(qtbot, tmp_path, SettingsStore(tmp_path / "settings.json"))
     remote = dialog.remote
-    remote.source.setCurrentIndex(remote.source.findData("server"))
+    _choose_server(qtbot, dialog)
     port = free_port()
     remote.url.setText(f"http://127.0.0.1:{port}/v1")
     qtbot.mouseClick(remote.test_button, Qt.MouseButton.LeftButton)
@@ -152,7 +176,7 @@ def test_test_connection_failure_is_one_line(qtbot, tmp_path: Path, memory_keyri
 def test_a_server_without_url_is_refused_with_the_reason(qtbot, tmp_path: Path) -> None:
     store = SettingsStore(tmp_path / "settings.json")
     dialog = _dialog(qtbot, tmp_path, store)
-    dialog.remote.source.setCurrentIndex(dialog.remote.source.findData("server"))
+    _choose_server(qtbot, dialog)
     assert not dialog.apply()
     assert dialog.error_text() == "Enter the server's URL, e.g. http://gpu-box:8000/v1."
     assert store.get("model_source") == "local"
@@ -163,7 +187,7 @@ def test_a_key_the_keyring_cannot_keep_still_works_for_this_run(qtbot, tmp_path:
     credentials.forget_cached()
     store = SettingsStore(tmp_path / "settings.json")
     dialog = _dialog(qtbot, tmp_path, store)
-    dialog.remote.source.setCurrentIndex(dialog.remote.source.findData("server"))
+    _choose_server(qtbot, dialog)
     dialog.remote.url.setText("http://127.0.0.1:9/v1")
     dialog.remote.server_key.setText(KEY)
     assert not dialog.apply()  # stays open so that the line is read
