@@ -570,6 +570,9 @@ class MainWindow(QMainWindow):
             widget.reasoning.finish(stopped=True, tokens=stats.reasoning_tokens if stats else None)
             widget.fail(ended.error or "")
             widget.figures.setText(figures_text(stats, ended.status, None))
+            if self.engine_choice.remote is not None and ended.error:
+                # A server's failure (down, key refused, overloaded) concerns every next message.
+                self.show_banner(ended.error)
         else:
             stats = ended.stats
             assert stats is not None

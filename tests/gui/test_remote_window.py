@@ -396,6 +396,7 @@ def test_a_server_that_fails_mid_conversation_loses_nothing(make_window, qtbot) 
         wait_idle(qtbot, window)
         failed = window.chat.assistant_messages()[-1]
         assert "The server failed (500): CUDA out of memory" in failed.error.text()
+        assert window.banner.text() == "The server failed (500): CUDA out of memory"
         stored = window.session.history.messages(window.session.conversation_id)
         assert [m.content for m in stored if m.role == "user"] == ["What is 2 + 3?", "And 3 + 4?"]
         assert stored[1].reasoning == REASONING
