@@ -195,8 +195,8 @@ def _apply_theme(theme: str) -> None:
 
 
 def start_model(window, store, model: Path | None, *, fake_engine: bool = False):
-    """Load the model to use: --model, else Settings' model, else the best level that fits of
-    a model converted into the models folder, else the embedded demo model.
+    """Load the model to use: --model, else Settings' server or model, else the best level that
+    fits of a model converted into the models folder, else the embedded demo model.
 
     Returns the DemoStart when it looks for a model in the folder (its `dialog` is the first-run
     dialog should the demo be needed and unavailable), else None.
@@ -205,6 +205,9 @@ def start_model(window, store, model: Path | None, *, fake_engine: bool = False)
     from fathom_desktop.engine.types import LoadOptions
     from fathom_desktop.settings import SettingsValueError
 
+    if model is None and store.get("model_source") == "server":
+        window.load_model()  # the server in Settings; --model still means a local file
+        return None
     if model is not None:
         try:
             store.set("model_path", str(model.resolve()))

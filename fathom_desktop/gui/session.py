@@ -550,7 +550,9 @@ class ChatSession(QObject):
         reasoning = turn.base_reasoning + finished.reasoning
         answer = turn.base_answer + finished.answer
         stopped = stats.finish_reason is FinishReason.CANCELLED
-        status = MessageStatus.STOPPED if stopped else MessageStatus.COMPLETE
+        # A remote server's stream cut mid-reply: what came is kept, and Continue can go on.
+        cut = stats.finish_reason is FinishReason.INTERRUPTED
+        status = MessageStatus.STOPPED if stopped or cut else MessageStatus.COMPLETE
         self._finish_turn(
             turn, ReplyEnded(turn.message_id, status, reasoning, answer, record, stats)
         )
@@ -563,6 +565,11 @@ class ChatSession(QObject):
             )
         )
         self.status_message.emit("Stopped." if stopped else "Done.")
+        if cut:
+            self.problem.emit(
+                "The server's stream was cut off mid-reply; what came is kept. "
+                "Continue or Regenerate to try again."
+            )
 
     def _finish_consensus(
         self, turn: Turn, done: GenerationDone, reasoning_seconds: float | None

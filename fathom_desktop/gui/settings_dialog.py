@@ -42,6 +42,7 @@ from fathom_desktop.engine.planner import GpuInfo, offloadable_layers
 from fathom_desktop.gui.ladder_list import LadderList
 from fathom_desktop.gui.model_list import FitInputs, describe_gpu
 from fathom_desktop.gui.quality_chart import QualityChart
+from fathom_desktop.gui.remote_settings import OWNED_KEYS, RemoteSettings
 from fathom_desktop.model_ladder import is_demo_basename
 from fathom_desktop.settings import (
     SETTINGS,
@@ -198,16 +199,27 @@ class SettingsDialog(QDialog):
             page = QWidget()
             outer = QVBoxLayout(page)
             if group is SettingGroup.MODEL:
-                outer.addWidget(self._build_model_picker())
+                # Where the model runs; the local picker shows only for a local GGUF.
+                self.remote = RemoteSettings(store)
+                outer.addWidget(self.remote)
+                outer.addWidget(self.remote.local_only(self._build_model_picker()))
             form = QFormLayout()
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-            outer.addLayout(form)
+            if group is SettingGroup.MODEL:
+                # The load options apply to a local GGUF only.
+                load_options = QWidget()
+                load_options.setLayout(form)
+                form.setContentsMargins(0, 0, 0, 0)
+                outer.addWidget(self.remote.local_only(load_options))
+                outer.addWidget(self.remote.api_server_box)
+            else:
+                outer.addLayout(form)
             outer.addStretch(1)
             pages[group] = form
             self._tabs.addTab(page, group.value)
         for setting in SETTINGS:
-            if setting.key == MODEL_KEY:
-                continue
+            if setting.key == MODEL_KEY or setting.key in OWNED_KEYS:
+                continue  # edited by the model picker and RemoteSettings
             editor = _Editor(setting)
             editor.widget.setToolTip(setting.help)
             editor.widget.setObjectName(setting.key)
@@ -385,6 +397,7 @@ class SettingsDialog(QDialog):
             values[MODEL_KEY] = current
         else:
             values[MODEL_KEY] = str(selected)
+        values.update(self.remote.values())
         return values
 
     def restore_defaults(self) -> None:
@@ -392,6 +405,7 @@ class SettingsDialog(QDialog):
         for key, value in defaults().items():
             if key in self._editors:
                 self._editors[key].set_value(value)
+        self.remote.restore_defaults()
         self._clear_error()
 
     def apply(self) -> bool:
@@ -399,10 +413,14 @@ class SettingsDialog(QDialog):
         values = self.values()
         try:
             self._check_against_model(values)
+            self.remote.check()
             changed = self._store.update(values)
         except SettingsValueError as error:
             self._show_error(error.reason, error.key)
             return False
+        # The API keys go to the keyring, never to the settings file.
+        keys_changed, key_problem = self.remote.save_keys()
+        changed += keys_changed
         try:
             self._store.save()
         except SettingsSaveError as error:
@@ -410,14 +428,17 @@ class SettingsDialog(QDialog):
             if changed:
                 self.applied.emit(changed)
             return False
-        self._clear_error()
         if changed:
             self.applied.emit(changed)
+        if key_problem:  # the dialog stays open so that this is read; OK again closes it
+            self._show_error(key_problem)
+            return False
+        self._clear_error()
         return True
 
     def _check_against_model(self, values: dict[str, object]) -> None:
         model = values.get(MODEL_KEY)
-        if not model:
+        if not model or values.get("model_source") == "server":
             return
         path = Path(str(model))
         facts = self.model_list.facts(path)
