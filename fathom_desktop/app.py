@@ -58,9 +58,9 @@ def _engine_host():
     """The engine the window uses: llama.cpp in a child process, so that a crash in it (a CUDA
     error, GPU memory running out mid-reply, a bad kernel) ends that process and not the window
     with the user's conversation on screen. The child starts in the background right away."""
-    from fathom_desktop.engine.process_engine import ProcessEngine
+    from fathom_desktop.engine.process_engine import SIDE_BY_SIDE_FACTORY, ProcessEngine
 
-    return ProcessEngine()
+    return ProcessEngine(SIDE_BY_SIDE_FACTORY)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,22 +195,26 @@ def _apply_theme(theme: str) -> None:
 
 
 def start_model(window, store, model: Path | None, *, fake_engine: bool = False):
-    """Load the model to use: --model, else Settings' model, else the embedded demo model.
+    """Load the model to use: --model, else Settings' server or model, else the best level that
+    fits of a model converted into the models folder, else the embedded demo model.
 
-    Returns the DemoStart when it goes for the demo (its `dialog` is the first-run dialog should
-    the demo be unavailable), else None.
+    Returns the DemoStart when it looks for a model in the folder (its `dialog` is the first-run
+    dialog should the demo be needed and unavailable), else None.
     """
     from fathom_desktop.engine.scripted import DEMO_MODEL_PATH
     from fathom_desktop.engine.types import LoadOptions
     from fathom_desktop.settings import SettingsValueError
 
+    if model is None and store.get("model_source") == "server":
+        window.load_model()  # the server in Settings; --model still means a local file
+        return None
     if model is not None:
         try:
             store.set("model_path", str(model.resolve()))
         except SettingsValueError as error:
             window.show_banner(error.reason)
         window.load_model()
-    elif store.get("model_path"):
+    elif store.get("model_path") and not _names_a_demo_level(store.get("model_path")):
         window.load_model()
     elif fake_engine:
         window.load_model(LoadOptions(model_path=DEMO_MODEL_PATH))
@@ -219,6 +223,15 @@ def start_model(window, store, model: Path | None, *, fake_engine: bool = False)
         demo.start()
         return demo
     return None
+
+
+def _names_a_demo_level(model_path: object) -> bool:
+    """A demo level chosen in Settings is looked for off the GUI thread: an app update with a
+    retrained demo removes the old files, and then the new demo starts in their place."""
+    from convert.quantize import basename_of
+    from fathom_desktop.model_ladder import is_demo_basename
+
+    return is_demo_basename(basename_of(Path(str(model_path))))
 
 
 def require_llama() -> None:
@@ -248,11 +261,14 @@ def demo_load_options(store, model: Path):
 
 
 class DemoStart(QObject):
-    """Makes the embedded demo model ready off the GUI thread, then loads it in the window.
+    """Finds the model to start on off the GUI thread, then loads it in the window.
 
-    The first run converts the shipped checkpoint to a Q8_0 GGUF in the models folder (a second
-    or so); later runs find the file at once. Should the demo be unavailable, the first-run dialog
-    opens, with the reason in the window's banner.
+    A model converted into the models folder starts on its best level that fits
+    (start_level.py), with the reason in the banner. Otherwise the embedded demo: the first run
+    converts the shipped checkpoint to BF16 and Q8_0 GGUFs in the models folder (a second or
+    so), and once it is loaded the rest of its ladder is made and measured in the background
+    (a few seconds, a child process), so the settings dialog shows real measurements. Should the
+    demo be unavailable, the first-run dialog opens, with the reason in the window's banner.
     """
 
     def __init__(self, window, store) -> None:
@@ -264,6 +280,9 @@ class DemoStart(QObject):
         # Set in the job's thread before it fails, read in the GUI thread after: no model can
         # run at all, so the first-run dialog (convert, download) would only mislead.
         self._no_backend = False
+        self._reason: str | None = None  # why a converted model's level was chosen
+        self._demo_ladder = None  # the LevelWork left of the demo's ladder, once known
+        self.ladder_key: str | None = None  # its job in ladder_jobs(), once started
 
     def start(self) -> None:
         from fathom_desktop.gui.first_run_steps import Job
@@ -289,8 +308,44 @@ class DemoStart(QObject):
         except BackendUnavailableError:
             self._no_backend = True
             raise
+        try:
+            chosen = self._converted_model()
+        except Exception as error:  # noqa: BLE001 - an unreadable folder must not cost the demo
+            logging.getLogger(__name__).warning("no converted model to start on: %s", error)
+            chosen = None
+        if chosen is not None:
+            return chosen
+        stored = self._store.get("model_path")
         # Looked up when the job runs, so that tests can stand in for the conversion.
-        return demo.ensure_demo_model(progress)
+        model = demo.ensure_demo_model(progress)
+        if stored and Path(str(stored)).is_file():
+            model = Path(str(stored))  # a level of the demo chosen in Settings
+        try:
+            self._demo_ladder = demo.demo_ladder_work(model.parent)
+        except Exception as error:  # noqa: BLE001 - the demo itself is ready; only numbers miss
+            logging.getLogger(__name__).warning("the demo's ladder: %s", error)
+        return model
+
+    def _converted_model(self) -> Path | None:
+        """The best level that fits of a model converted into the models folder, if any."""
+        from fathom_desktop import paths
+        from fathom_desktop.gui.model_list import probe_gpu
+        from fathom_desktop.start_level import choose_start_level, converted_groups
+
+        if self._store.get("model_path") or not converted_groups(paths.models_dir()):
+            return None
+        found = choose_start_level(
+            paths.models_dir(),
+            probe_gpu(),
+            n_ctx=int(self._store.get("n_ctx")),
+            kv_cache_type=str(self._store.get("kv_cache_type")),
+            flash_attn=self._store.get("flash_attn") is not False,
+        )
+        if found is None:
+            return None
+        group, choice = found
+        self._reason = f"Started on {group.title} {choice.reason}"
+        return choice.path
 
     def running(self) -> bool:
         return self._job is not None
@@ -313,7 +368,9 @@ class DemoStart(QObject):
         session = self._window.session
         if session.closed:
             return True
-        return bool(self._store.get("model_path")) or session.state is not SessionState.NO_MODEL
+        stored = self._store.get("model_path")
+        chosen = bool(stored) and not _names_a_demo_level(stored)
+        return chosen or session.state is not SessionState.NO_MODEL
 
     @Slot(str, int, int, str)
     def _on_progress(self, step: str, done: int, total: int, _message: str) -> None:
@@ -323,8 +380,17 @@ class DemoStart(QObject):
     @Slot(object)
     def _on_ready(self, model: object) -> None:
         self._finish()
+        if self._demo_ladder is not None and not self._window.session.closed:
+            from fathom_desktop.gui.ladder_jobs import ladder_jobs
+
+            self.ladder_key = f"demo-ladder:{self._demo_ladder.out_dir}"
+            ladder_jobs().start(self.ladder_key, self._demo_ladder)
         if self._superseded():
             return
+        if self._reason:
+            from fathom_desktop.gui.banner import BannerKind
+
+            self._window.show_banner(self._reason, BannerKind.NOTE)
         self._window.load_model(demo_load_options(self._store, Path(str(model))))
 
     @Slot(str)

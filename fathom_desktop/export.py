@@ -1,4 +1,8 @@
-"""Export a conversation as Markdown (reasoning folded in <details>) or as JSON."""
+"""Export a conversation as Markdown (reasoning folded in <details>) or as JSON.
+
+A consensus reply exports its vote (a table), the winner as the reply, and every sample folded
+below it; the JSON keeps each sample as the history does.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,17 @@ from pathlib import Path
 
 from fathom_desktop import __version__, paths
 from fathom_desktop.history import ConversationSummary, History, MessageStatus, StoredMessage
+from fathom_desktop.history.samples import (
+    SampleRecord,
+    VoteRecord,
+    stored_samples,
+    vote_labels,
+    voted_for,
+)
 
 JSON_FORMAT_NAME = "fathom-desktop-conversation"
-JSON_FORMAT_VERSION = 1
+# 2: a consensus reply's messages carry `samples` (every sample) beside the vote in `stats`.
+JSON_FORMAT_VERSION = 2
 
 
 class ExportFormat(StrEnum):
@@ -66,24 +78,84 @@ def to_markdown(conversation: ConversationSummary, messages: Sequence[StoredMess
             model = Path(message.model_file).name
             quant = f", {message.quant}" if message.quant else ""
             lines += [f"*{model}{quant}*", ""]
+        samples = stored_samples(message.samples) if message.samples is not None else None
+        if samples is not None:
+            vote = VoteRecord.from_dict((message.stats or {}).get("consensus"))
+            lines += _vote_lines(vote, samples)
         if message.reasoning:
-            reasoning = _DETAILS_CLOSE.sub(r"&lt;/\1>", message.reasoning.strip())
-            # Blank lines around the body let Markdown renderers format the reasoning inside.
+            lines += _folded("Reasoning", message.reasoning)
+        if message.content:
+            lines += [message.content.strip(), ""]
+        if samples:
             lines += [
                 "<details>",
-                "<summary>Reasoning</summary>",
+                f"<summary>All {len(samples)} samples</summary>",
                 "",
-                reasoning,
-                "",
+                *(line for sample in samples for line in _sample_lines(sample)),
                 "</details>",
                 "",
             ]
-        if message.content:
-            lines += [message.content.strip(), ""]
         note = _STATUS_NOTES.get(message.status)
         if note:
             lines += [f"> *{note}*", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _folded(summary: str, text: str) -> list[str]:
+    body = _DETAILS_CLOSE.sub(r"&lt;/\1>", text.strip())
+    # Blank lines around the body let Markdown renderers format the reasoning inside.
+    return ["<details>", f"<summary>{summary}</summary>", "", body, "", "</details>", ""]
+
+
+def _vote_lines(vote: VoteRecord | None, samples: list[SampleRecord]) -> list[str]:
+    """The vote as a line and a table: each answer, its votes, and which samples gave it."""
+    if vote is None:
+        return [f"**Consensus ×{len(samples)}** (no vote was recorded)", ""]
+    if vote.answer is None:
+        head = f"**Consensus ×{vote.samples}**: no sample boxed an answer"
+    else:
+        agree = round(vote.agreement * vote.samples)
+        head = (
+            f"**Consensus ×{vote.samples}**: {_cell(vote.answer)}, {agree} of {vote.samples}"
+            f" agree ({vote.agreement:.0%})"
+        )
+    if vote.samples < vote.requested:
+        head += f"; {vote.samples} of {vote.requested} samples ran"
+    head += "; one sample at a time" if vote.parallel <= 1 else f"; {vote.parallel} at once"
+    if vote.winner is not None:
+        head += f"; the reply below is sample {vote.winner + 1}"
+    labels = vote_labels(samples)
+    lines = [head, "", "| answer | votes | samples |", "|---|---|---|"]
+    for key, count in vote.votes.items():
+        which = [s.index + 1 for s in samples if s.boxed is not None and voted_for(s) == key]
+        label = labels.get(key, key)
+        lines.append(f"| {_cell(label)} | {count} | {', '.join(map(str, which))} |")
+    boxless = [s.index + 1 for s in samples if s.boxed is None]
+    if boxless:
+        lines.append(f"| *(no boxed answer)* | – | {', '.join(map(str, boxless))} |")
+    return [*lines, ""]
+
+
+def _sample_lines(sample: SampleRecord) -> list[str]:
+    ended = sample.finish_reason or "unfinished"
+    boxed = f" · answer {_cell(sample.boxed)}" if sample.boxed is not None else ""
+    lines = [
+        f"### Sample {sample.index + 1}{boxed}",
+        "",
+        f"*{sample.reasoning_tokens:,} reasoning tokens, {sample.answer_tokens:,} answer tokens;"
+        f" ended: {ended}{'; reasoning cut short' if sample.thinking_closed_early else ''}*",
+        "",
+    ]
+    if sample.reasoning:
+        lines += _folded("Reasoning", sample.reasoning)
+    if sample.answer:
+        lines += [sample.answer.strip(), ""]
+    return lines
+
+
+def _cell(text: str) -> str:
+    """Model text inside a table cell or a heading: one line, pipes escaped."""
+    return _one_line(text).replace("|", "\\|")
 
 
 def to_json(conversation: ConversationSummary, messages: Sequence[StoredMessage]) -> str:
@@ -105,6 +177,7 @@ def to_json(conversation: ConversationSummary, messages: Sequence[StoredMessage]
                 "sampling": m.sampling,
                 "stats": m.stats,
                 "created_at": _iso(m.created_at),
+                **({"samples": list(m.samples)} if m.samples is not None else {}),
             }
             for m in messages
         ],

@@ -27,16 +27,16 @@ from convert.errors import ConversionError
 from convert.quantize import LADDER, ImatrixUse, output_name, quant_type
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.level_choice import Fit, LevelFacts, Recommendation, best_level
+from fathom_desktop.model_ladder import MEASURE_CHUNKS
 
 log = logging.getLogger(__name__)
 
 FATHOM_REPO = "FractalAIResearch/Fathom-R1-14B"
 STATE_VERSION = 1
 UNQUANTIZED = "BF16"
-# The measurement's chunks of 512 tokens: 32 score 8,160 tokens, so the mean KLD's standard error
-# is a few percent of it, enough to tell levels apart; the whole shipped text would keep a 14B
-# model on a CPU busy for hours.
-MEASURE_CHUNKS = 32
+# The same setup as Settings' Make and Measure (model_ladder, level_jobs), so that the level's
+# measurement is the one Settings shows and its importance matrix the one Make would use.
+IMATRIX_CHUNKS = 100
 
 
 class Step(enum.Enum):
@@ -66,9 +66,8 @@ class SetupPlan:
     models_dir: Path
     # Levels the recommendation chooses from (default: the whole ladder).
     candidates: tuple[str, ...] = tuple(q.name for q in LADDER)
-    # Calibration chunks (None: the whole shipped text, as `fathom-convert all` does) and
-    # measurement chunks (None: the whole text).
-    imatrix_chunks: int | None = None
+    # Calibration and measurement chunks of 512 tokens (None: the whole shipped text).
+    imatrix_chunks: int | None = IMATRIX_CHUNKS
     measure_chunks: int | None = MEASURE_CHUNKS
     # Layers on the GPU for the imatrix and the measurement (None: llama.cpp's default, all).
     gpu_layers: int | None = None

@@ -71,6 +71,11 @@ def describe_preset(preset: str) -> str:
     return "No system message is sent, and your messages are sent as you wrote them."
 
 
+class ModelSource(StrEnum):
+    LOCAL = "local"
+    SERVER = "server"
+
+
 class Theme(StrEnum):
     SYSTEM = "system"
     LIGHT = "light"
@@ -209,6 +214,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("n_threads", int, _LOAD_DEFAULTS["n_threads"], "CPU threads", _M,
             "Threads for the layers that run on the CPU.", minimum=1, maximum=512,
             none_label="auto", load_option="n_threads"),
+    # Where the model runs (gui/remote_settings.py edits these; the server's key is in the keyring)
+    Setting("model_source", str, ModelSource.LOCAL.value, "Model", _M,
+            "Chat with a GGUF file on this computer, or with a model an OpenAI-compatible server "
+            "runs (vLLM, llama.cpp's server, fathom-serve).",
+            choices=tuple(m.value for m in ModelSource),
+            choice_labels=("A local GGUF", "An OpenAI-compatible server")),
+    Setting("server_url", str, "", "Server URL", _M,
+            "The server's API address, e.g. http://gpu-box:8000/v1."),
+    Setting("server_model", str, None, "Server model", _M,
+            "The model to use on the server.", none_label="the first it lists"),
+    # The app's own API server (off by default; its key is in the keyring)
+    Setting("api_server_enabled", bool, False, "Local API server", _M,
+            "Serve the loaded model to other programs through an OpenAI-compatible API while "
+            "the app is open."),
+    Setting("api_server_host", str, "127.0.0.1", "API server address", _M,
+            "127.0.0.1 serves this computer only; any other address needs an API key."),
+    Setting("api_server_port", int, 8080, "API server port", _M, minimum=1, maximum=65535),
     # Sampling
     Setting("temperature", float, _SAMPLING.temperature, "Temperature", _S,
             "Randomness; Fathom-R1 is tuned for 0.6. Low values can make it loop.",
@@ -304,10 +326,26 @@ def _thinking_leaves_room_to_answer(values: Mapping[str, object]) -> SettingsVal
     return None
 
 
+def _server_needs_url(values: Mapping[str, object]) -> SettingsValueError | None:
+    if values["model_source"] != ModelSource.SERVER:
+        return None
+    url = str(values["server_url"] or "").strip()
+    if not url:
+        return SettingsValueError(
+            "server_url", "Enter the server's URL, e.g. http://gpu-box:8000/v1."
+        )
+    if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+        return SettingsValueError(
+            "server_url", f"The server URL must start with http:// or https:// (not {url!r})."
+        )
+    return None
+
+
 CROSS_RULES: tuple[Callable[[Mapping[str, object]], SettingsValueError | None], ...] = (
     _quantized_kv_needs_flash_attn,
     _max_tokens_within_context,
     _thinking_leaves_room_to_answer,
+    _server_needs_url,
 )
 
 

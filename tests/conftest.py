@@ -11,6 +11,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # No test may reach the network; huggingface-hub honours these.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# API keys: no test may read or write the user's real keyring (tests that store a key install
+# their own in-memory keyring with keyring.set_keyring).
+os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
 # Settings, history and models of anything a test starts go to a throwaway folder, never to the
 # user's real data folders; tests that need their own set FATHOM_HOME themselves.
 os.environ["FATHOM_HOME"] = tempfile.mkdtemp(prefix="fathom-tests-home-")

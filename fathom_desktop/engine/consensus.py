@@ -19,6 +19,49 @@ from fathom_desktop.engine.types import (
     StreamEvent,
 )
 
+# Where consensus events go: (sample index, event).
+EventSink = Callable[[int, StreamEvent], None]
+
+
+class SampleOrder:
+    """Passes events on sample by sample, as the sequential path produces them.
+
+    The samples decode together, but a consumer written for one sample after another (a view
+    that starts a new section when the sample index changes) gets sample 0's events live, then
+    sample 1's (held while sample 0 ran, then live), and so on. Nothing is dropped or reordered
+    within a sample.
+    """
+
+    def __init__(self, sink: EventSink) -> None:
+        self._sink = sink
+        self._current = 0
+        self._held: dict[int, list[StreamEvent]] = {}
+        self._finished: set[int] = set()
+
+    def __call__(self, index: int, event: StreamEvent) -> None:
+        if index != self._current:
+            self._held.setdefault(index, []).append(event)
+            if isinstance(event, Finished):
+                self._finished.add(index)
+            return
+        self._sink(index, event)
+        if isinstance(event, Finished):
+            self._next()
+
+    def _next(self) -> None:
+        while True:
+            self._current += 1
+            for event in self._held.pop(self._current, []):
+                self._sink(self._current, event)
+            if self._current not in self._finished:
+                return
+
+    def flush(self) -> None:
+        """Whatever is still held (a cancel ends samples out of order), in sample order."""
+        for index in sorted(self._held):
+            for event in self._held.pop(index):
+                self._sink(index, event)
+
 
 def majority_vote(samples: Sequence[Finished]) -> ConsensusResult:
     boxed = tuple(extract_boxed(sample.answer) for sample in samples)

@@ -622,6 +622,12 @@ def _validate(options: LoadOptions) -> None:
         raise SettingsError("The thread count must be at least 1.")
 
 
+def side_by_side_engine() -> LlamaEngine:
+    """The window's engine: consensus samples reported as they decode together, so that each
+    sample's lane moves as its sample does (the engine host makes it by this name)."""
+    return LlamaEngine(interleave_samples=True)
+
+
 def _validate_sampling(sampling: SamplingParams) -> None:
     # NaN passes every comparison (nan < 0 is False) and reaches llama.cpp's samplers as garbage,
     # so finiteness is checked first.

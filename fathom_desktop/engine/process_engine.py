@@ -50,6 +50,8 @@ from fathom_desktop.engine.types import (
 )
 
 DEFAULT_FACTORY = "fathom_desktop.engine.llama_engine:LlamaEngine"
+# The window's: consensus samples reported side by side as they decode (one lane each).
+SIDE_BY_SIDE_FACTORY = "fathom_desktop.engine.llama_engine:side_by_side_engine"
 # How often a waiting client looks at Stop / Answer now (and at whether the host still lives).
 _POLL_S = 0.02
 # How long close() lets the host free its model before it is killed.
@@ -430,4 +432,10 @@ def crash_error(
     )
 
 
-__all__ = ["DEFAULT_FACTORY", "EngineError", "ProcessEngine", "crash_error"]
+__all__ = [
+    "DEFAULT_FACTORY",
+    "SIDE_BY_SIDE_FACTORY",
+    "EngineError",
+    "ProcessEngine",
+    "crash_error",
+]

@@ -22,7 +22,12 @@ from typing import Any
 
 import httpx2
 
-from fathom_desktop.engine.consensus import ConsensusResult, consensus, majority_vote
+from fathom_desktop.engine.consensus import (
+    ConsensusResult,
+    SampleOrder,
+    consensus,
+    majority_vote,
+)
 from fathom_desktop.engine.context import answer_only
 from fathom_desktop.engine.errors import ModelNotLoadedError
 from fathom_desktop.engine.remote_server import (
@@ -383,9 +388,15 @@ class RemoteEngine:
         control = control or GenerationControl()
         if k == 1:
             return consensus(self, messages, sampling, 1, control, on_event)
-        if self.kind.n_choices:
-            return self._consensus_in_one_request(messages, sampling, k, control, on_event)
-        return self._consensus_in_parallel(messages, sampling, k, control, on_event, parallel)
+        # The samples stream at once; the caller sees them one after another, as locally.
+        order = SampleOrder(on_event) if on_event is not None else None
+        try:
+            if self.kind.n_choices:
+                return self._consensus_in_one_request(messages, sampling, k, control, order)
+            return self._consensus_in_parallel(messages, sampling, k, control, order, parallel)
+        finally:
+            if order is not None:
+                order.flush()
 
     def _consensus_in_one_request(
         self,

@@ -12,11 +12,16 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fathom_desktop.engine.consensus import ConsensusResult, consensus
+from fathom_desktop.engine.consensus import (
+    ConsensusResult,
+    check_sample_count,
+    consensus,
+    majority_vote,
+)
 from fathom_desktop.engine.errors import EngineCrashedError, ModelFileError, ModelNotLoadedError
 from fathom_desktop.engine.prompt import split_continuation
 from fathom_desktop.engine.types import (
@@ -36,6 +41,9 @@ from fathom_desktop.engine.types import (
     TextDelta,
 )
 
+# Samples a consensus decodes at once when the caller sets no cap (the real engine asks its
+# memory planner; the fake has no memory to plan).
+FAKE_PARALLEL = 4
 # The path `--fake-engine` loads when no model is given; it is never opened.
 DEMO_MODEL_PATH = Path("fathom-r1-14b-demo.Q4_K_M.gguf")
 GGUF_MAGIC = b"GGUF"
@@ -97,6 +105,10 @@ class Crash:
 class FakeEngine:
     """Streams `script` at `tokens_per_s` (None: as fast as possible).
 
+    A consensus decodes up to `parallel` samples side by side (FAKE_PARALLEL when not capped),
+    one token of each per step at `tokens_per_s` steps a second, refilling a slot as a sample
+    ends, as the batched engine does; sample i says `sample_scripts[i % len]` when given.
+
     Crashes queued with `crash_next` happen once each, in order: a loading crash on the next load,
     any other in the next reply. Like a dead engine process, a crashed engine has no model loaded.
     """
@@ -108,8 +120,10 @@ class FakeEngine:
         tokens_per_s: float | None = 200.0,
         load_delay_s: float = 0.0,
         prompt_delay_s: float = 0.0,
+        sample_scripts: Sequence[FakeScript] = (),
     ) -> None:
         self.script = script or FakeScript()
+        self.sample_scripts = tuple(sample_scripts)
         self.tokens_per_s = tokens_per_s
         self.load_delay_s = load_delay_s
         self.prompt_delay_s = prompt_delay_s
@@ -192,8 +206,26 @@ class FakeEngine:
         *,
         parallel: int | None = None,
     ) -> ConsensusResult:
-        # One sample after another: the fake has no batch to share.
-        return consensus(self, messages, sampling, k, control, on_event)
+        check_sample_count(k)
+        if self._loaded is None:
+            raise ModelNotLoadedError("No model is loaded.")
+        n_parallel = min(k, parallel or FAKE_PARALLEL)
+        if n_parallel <= 1:
+            result = consensus(self, messages, sampling, k, control, on_event)
+            return replace(result, parallel=1, parallel_reason="one after another (as asked)")
+        finished = _SideBySide(self, messages, sampling, k, n_parallel, control, on_event).run()
+        return replace(
+            majority_vote(finished),
+            parallel=n_parallel,
+            parallel_reason=f"{n_parallel} at once (the scripted engine's default)"
+            if parallel is None
+            else f"{n_parallel} at once (as asked)",
+        )
+
+    def sample_script(self, index: int) -> FakeScript:
+        if not self.sample_scripts:
+            return self.script
+        return self.sample_scripts[index % len(self.sample_scripts)]
 
     # -- the stream ----------------------------------------------------------------------------
 
@@ -203,6 +235,9 @@ class FakeEngine:
         sampling: SamplingParams,
         control: GenerationControl,
         crash: Crash | None = None,
+        *,
+        script: FakeScript | None = None,
+        paced: bool = True,
     ) -> Iterator[StreamEvent]:
         _, partial = split_continuation(messages)
         # The template's overhead (role markers, BOS) is about four tokens per message; a partial
@@ -216,13 +251,14 @@ class FakeEngine:
         if self.prompt_delay_s:
             time.sleep(self.prompt_delay_s)
         first_token_at: float | None = None
-        pacer = _Pacer(self.tokens_per_s)
+        pacer = _Pacer(self.tokens_per_s if paced else None)
         text = {DeltaKind.REASONING: [], DeltaKind.ANSWER: []}
         counts = {DeltaKind.REASONING: 0, DeltaKind.ANSWER: 0}
         finish = FinishReason.STOP
         closed_early = False
 
-        reasoning, answer = self.script.reasoning, self.script.answer
+        script = script or self.script
+        reasoning, answer = script.reasoning, script.answer
         if partial is not None:
             # Go on from where the partial reply ended, as a model continuing its own text does.
             answer = _rest(answer, partial.content)
@@ -287,6 +323,80 @@ class FakeEngine:
             return True
         budget = sampling.thinking_budget
         return budget is not None and reasoning_tokens >= budget
+
+
+class _SideBySide:
+    """A consensus of `k` samples, `n_parallel` at a time, one token of each per paced step."""
+
+    def __init__(
+        self,
+        engine: FakeEngine,
+        messages: list[ChatMessage],
+        sampling: SamplingParams,
+        k: int,
+        n_parallel: int,
+        control: GenerationControl | None,
+        on_event: Callable[[int, StreamEvent], None] | None,
+    ) -> None:
+        self._engine = engine
+        self._messages = messages
+        self._sampling = sampling
+        self._k = k
+        self._n_parallel = n_parallel
+        self._control = control or GenerationControl()
+        self._emit = on_event or (lambda index, event: None)
+        self._next = 0
+        self._done: dict[int, Finished] = {}
+
+    def run(self) -> list[Finished]:
+        live = [s for s in (self._start() for _ in range(self._n_parallel)) if s is not None]
+        pacer = _Pacer(self._engine.tokens_per_s)
+        while live:
+            pacer.wait()
+            # "Answer now" is for the samples live when it was pressed, as in the engine.
+            pressed = self._control.answer_now.is_set()
+            still = []
+            for index, stream in live:
+                if self._advance(index, stream):
+                    still.append((index, stream))
+                    continue
+                successor = self._start()
+                if successor is not None:
+                    still.append(successor)
+            if pressed:
+                self._control.answer_now.clear()
+            live = still
+        return [self._done[index] for index in sorted(self._done)]
+
+    def _start(self) -> tuple[int, Iterator[StreamEvent]] | None:
+        if self._next >= self._k or self._control.cancel.is_set():
+            return None
+        index = self._next
+        self._next += 1
+        engine = self._engine
+        with engine._lock:
+            engine.requests.append(list(self._messages))
+        seed = None if self._sampling.seed is None else self._sampling.seed + index
+        stream = engine._stream(
+            self._messages,
+            replace(self._sampling, seed=seed),
+            self._control,
+            engine._take_crash(while_loading=False) if index == 0 else None,
+            script=engine.sample_script(index),
+            paced=False,
+        )
+        return index, stream
+
+    def _advance(self, index: int, stream: Iterator[StreamEvent]) -> bool:
+        """This sample's events up to its next token; False once it has finished."""
+        for event in stream:
+            self._emit(index, event)
+            if isinstance(event, Finished):
+                self._done[index] = event
+                return False
+            if isinstance(event, TextDelta):
+                return True
+        return False
 
 
 class _Pacer:

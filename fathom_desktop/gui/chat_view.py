@@ -24,8 +24,11 @@ from PySide6.QtWidgets import (
 )
 
 from fathom_desktop.gui.answer_view import AnswerView
+from fathom_desktop.gui.consensus_view import ConsensusView
 from fathom_desktop.gui.reasoning_pane import ReasoningPane, TailFollower
 from fathom_desktop.gui.welcome import WelcomeView
+from fathom_desktop.gui.worker import SampleProgress
+from fathom_desktop.history.samples import SampleRecord, VoteRecord
 
 # -- messages -------------------------------------------------------------------------------------
 
@@ -123,6 +126,7 @@ class AssistantMessage(QFrame):
         self.figures = QLabel(self)
         self.figures.setObjectName("figures")
         self.figures.setTextFormat(Qt.TextFormat.PlainText)
+        self.figures.setWordWrap(True)  # a long line must not widen the transcript
         self.copy_button = QPushButton("Copy", self)
         self.copy_button.setToolTip("Copy the answer as plain text")
         self.copy_button.clicked.connect(self.copy_text)
@@ -160,7 +164,10 @@ class AssistantMessage(QFrame):
         layout.addWidget(self.answer)
         layout.addWidget(self.error)
         layout.addWidget(self._footer)
+        self._layout = layout
         self.answer_started = False
+        # A consensus reply: its lanes and vote above the panes, which show one sample.
+        self.consensus: ConsensusView | None = None
 
     # -- streaming ----------------------------------------------------------------------------
 
@@ -204,12 +211,72 @@ class AssistantMessage(QFrame):
         self.copy_button.setEnabled(bool(self.answer.source))
         self.copy_latex_button.setEnabled(bool(self.answer.source))
 
+    # -- a consensus reply --------------------------------------------------------------------
+
+    def start_consensus(self, requested: int) -> ConsensusView:
+        """Lanes for `requested` samples; the reasoning pane follows one (the first, or the one
+        clicked) while they run, and the answer shows once the vote is in."""
+        view = ConsensusView(requested, self)
+        view.sample_selected.connect(self._show_sample)
+        self._layout.insertWidget(1, view)
+        self.consensus = view
+        return view
+
+    def consensus_progress(self, progress: tuple[SampleProgress, ...]) -> None:
+        view = self.consensus
+        if view is None:
+            return
+        view.update_samples(progress)
+        followed = next((p for p in progress if p.index == view.selected), None)
+        if followed is not None and followed.reasoning:
+            self.reasoning.append(followed.reasoning, followed.reasoning_tokens)
+
+    def finish_consensus(
+        self,
+        samples: tuple[SampleRecord, ...] | list[SampleRecord],
+        vote: VoteRecord | None,
+        figures: str,
+        stopped: bool,
+    ) -> None:
+        """The vote is in (or the reply came from the history): show the winner, keep all."""
+        view = self.consensus or self.start_consensus(max(len(samples), 1))
+        self.reasoning.finish(stopped=stopped)
+        view.finish(samples, vote)
+        self.figures.setText(figures)
+        self._footer.setVisible(True)
+        self.continue_button.setVisible(False)
+        if samples:
+            view.select(view.winner if view.winner is not None else 0)
+        else:
+            self.reasoning.setVisible(False)
+
+    def _show_sample(self, index: int) -> None:
+        view = self.consensus
+        assert view is not None
+        sample = view.samples[index]
+        if view.running:
+            # Follow this sample from here on: its text so far, then what it writes next.
+            self.reasoning.replace_text(sample.reasoning_text(), sample.reasoning_tokens)
+            return
+        record = sample.record
+        reasoning = record.reasoning if record is not None else ""
+        answer = record.answer if record is not None else ""
+        stopped = record is None or record.finish_reason != "stop"
+        self.reasoning.setVisible(True)
+        self.reasoning.restore(reasoning, sample.reasoning_tokens, None, stopped and not answer)
+        self.answer_started = bool(answer)
+        self.answer.setVisible(bool(answer))
+        self.answer.render_source(answer)
+        self.copy_button.setEnabled(bool(answer))
+        self.copy_latex_button.setEnabled(bool(answer))
+
     def set_regenerate_visible(self, visible: bool) -> None:
         self.regenerate_button.setVisible(visible)
 
     def set_continuable(self, continuable: bool) -> None:
-        """Offer Continue: the reply ended before the model finished it (stopped, failed…)."""
-        self.continue_button.setVisible(continuable)
+        """Offer Continue: the reply ended before the model finished it (stopped, failed…).
+        A consensus is never continued: it is several replies and a vote."""
+        self.continue_button.setVisible(continuable and self.consensus is None)
 
     # -- clipboard ----------------------------------------------------------------------------
 

@@ -43,7 +43,9 @@ class ContextUsage:
 
     @property
     def level(self) -> MeterLevel:
-        fraction = self.used / self.n_ctx if self.n_ctx else 1.0
+        if self.n_ctx <= 0:
+            return MeterLevel.OK  # unknown: a server that does not report its context window
+        fraction = self.used / self.n_ctx
         if fraction >= CRITICAL_FRACTION:
             return MeterLevel.CRITICAL
         if fraction >= WARN_FRACTION:
@@ -117,9 +119,10 @@ class ContextMeter(QWidget):
     def set_usage(self, usage: ContextUsage) -> None:
         self.bar.usage = usage
         warning = "⚠ only " if usage.level is not MeterLevel.OK else ""
+        left = f"{warning}{usage.left:,} left" if usage.n_ctx > 0 else "context size not reported"
         self.label.setText(
             f"prompt {usage.prompt:,} · reasoning {usage.reasoning:,} · answer {usage.answer:,}"
-            f" · {warning}{usage.left:,} left"
+            f" · {left}"
         )
         if usage.level is not self._shown_level:
             # Restyling re-polishes the widget: only when the level really changes.

@@ -26,16 +26,25 @@ from PySide6.QtWidgets import (
 )
 
 from fathom_desktop.engine.planner import layers_on_gpu
+from fathom_desktop.engine.remote_choice import EngineChoice, RemoteLoadOptions
 from fathom_desktop.engine.types import LoadOptions, LoadReport, Phase
 from fathom_desktop.gui.banner import BANNER_STYLE, Banner, BannerKind
 from fathom_desktop.gui.chat_view import AssistantMessage, ChatView
 from fathom_desktop.gui.composer import Composer, ComposerMode
 from fathom_desktop.gui.context_meter import ContextMeter, ContextUsage
 from fathom_desktop.gui.export_actions import ConversationExporter
+from fathom_desktop.gui.local_api import API_KEY_CHANGED, API_SERVER_KEYS, ApiServerControl
 from fathom_desktop.gui.reasoning_pane import LIVE_FIGURES_INTERVAL_S
+from fathom_desktop.gui.remote_settings import (
+    REMOTE_KEY_CHANGED,
+    REMOTE_KEYS,
+    remote_load_options,
+    uses_server,
+)
 from fathom_desktop.gui.replies import (
     earlier_messages_text,
     figures_text,
+    finish_consensus_reply,
     restore_reply,
     stats_from_record,
 )
@@ -51,7 +60,7 @@ from fathom_desktop.gui.session_types import (
     TokenUsage,
 )
 from fathom_desktop.gui.sidebar import ConversationSidebar
-from fathom_desktop.gui.worker import EngineFactory
+from fathom_desktop.gui.worker import ConsensusProgress, EngineFactory
 from fathom_desktop.history import History, MessageStatus, StoredMessage
 from fathom_desktop.render.math import start_warm_up
 from fathom_desktop.settings import LOAD_KEYS, SettingsStore, SettingsValueError, load_settings
@@ -88,11 +97,15 @@ class MainWindow(QMainWindow):
         self.resize(1100, 760)
         self.setStyleSheet(STYLE_SHEET)
         self.store = store
-        self.session = ChatSession(engine_factory, history, store, self)
+        # The local model or a remote server, shared in turns with the Local API server.
+        self.engine_choice = EngineChoice(engine_factory)
+        self.session = ChatSession(lambda: self.engine_choice, history, store, self)
         # The reply being filled, and when its live figures last changed (they relayout).
         self._reply: AssistantMessage | None = None
         self._reply_samples = 1
         self._usage_shown_at = 0.0
+        self._last_local_load: LoadOptions | None = None  # to come back to from a server
+        self._server_note: str | None = None  # "vLLM at …", shown while a server is used
 
         start_warm_up()
         self._build_widgets()
@@ -112,6 +125,7 @@ class MainWindow(QMainWindow):
         )
         session.reply_started.connect(self._on_reply_started)
         session.reply_text.connect(self._on_reply_text)
+        session.consensus_progress.connect(self._on_consensus_progress)
         session.reply_phase.connect(self._on_reply_phase)
         session.context_trimmed.connect(self._on_context_trimmed)
         session.usage_changed.connect(self._show_usage)
@@ -129,6 +143,7 @@ class MainWindow(QMainWindow):
                 " what was saved is kept and marked interrupted."
             )
         self._show_state(session.state)
+        self.api_server.apply()  # off unless Settings turned it on
 
     # -- construction -------------------------------------------------------------------------
 
@@ -191,6 +206,10 @@ class MainWindow(QMainWindow):
         for label in (self.model_label, self.quant_label, self.gpu_label, self.speed_label):
             label.setTextFormat(Qt.TextFormat.PlainText)
             status.addPermanentWidget(label)
+        self.api_server = ApiServerControl(self.engine_choice, self.store, self)
+        self.api_server.problem.connect(self.show_banner)
+        self.api_server.status_message.connect(lambda text: status.showMessage(text, 8000))
+        status.addPermanentWidget(self.api_server.label)
 
     def _build_menus(self) -> None:
         def action(menu, text: str, slot, shortcut: QKeySequence | str | None = None) -> QAction:
@@ -279,6 +298,7 @@ class MainWindow(QMainWindow):
         replying = state.replying
         self.stop_action.setEnabled(replying)
         self.answer_now_action.setEnabled(state is SessionState.REASONING)
+        self._show_answer_now_support()
         idle = state.takes_messages
         users = self.chat.user_messages()
         self.regenerate_action.setEnabled(idle and bool(users))
@@ -298,6 +318,17 @@ class MainWindow(QMainWindow):
         elif state is SessionState.STOPPING:
             self.statusBar().showMessage("Stopping…")
 
+    def _show_answer_now_support(self) -> None:
+        """A server that cannot continue a started reply cannot cut its reasoning short."""
+        why = self.engine_choice.answer_now_unsupported_reason
+        button = self.composer.answer_now_button
+        if why is None:
+            button.setToolTip("End the reasoning here and ask for the answer")
+            return
+        self.answer_now_action.setEnabled(False)
+        button.setEnabled(False)
+        button.setToolTip(f"Unavailable: {why}.")
+
     def show_banner(self, text: str, kind: BannerKind = BannerKind.PROBLEM) -> None:
         self.banner.show_message(text, kind)
 
@@ -308,10 +339,12 @@ class MainWindow(QMainWindow):
 
     def load_model(self, options: LoadOptions | None = None) -> None:
         """Load the model the settings name (or `options`), in the model thread."""
+        if options is None and uses_server(self.store):
+            options = remote_load_options(self.store)
         if options is None:
             # With no model configured (the demo, or --model for one run) a settings change
             # reloads the model that is in use rather than leaving the window without one.
-            last = self.session.last_good_load
+            last = self._last_local_load
             in_use = last.model_path if last else None
             try:
                 options = self.store.load_options(None if self.store.get("model_path") else in_use)
@@ -323,18 +356,25 @@ class MainWindow(QMainWindow):
         self.session.load(options)
 
     def _on_loaded(self, report: LoadReport) -> None:
+        if not isinstance(self.session.last_good_load, RemoteLoadOptions):
+            self._last_local_load = self.session.last_good_load
         self.busy.setVisible(False)
         self.statusBar().showMessage(f"Loaded {report.model_path.name}", 5000)
         self.model_label.setText(report.model_path.name)
         self.quant_label.setText(report.file_type)
         on_gpu = report.n_gpu_layers if report.gpu_offload_supported else 0
-        self.gpu_label.setText(layers_on_gpu(on_gpu, report.n_layers))
+        remote = isinstance(self.session.last_good_load, RemoteLoadOptions)
+        where = "on the server" if remote else layers_on_gpu(on_gpu, report.n_layers)
+        self.gpu_label.setText(where)
         self.chat.welcome.show_model(report)
         # Keep the shown conversation's last turn on the meter; only the window size may change.
         self.meter.set_usage(dataclasses.replace(self.meter.usage, n_ctx=report.n_ctx))
+        server_note, self._server_note = self._server_note, None
         if report.notes:
             self.show_banner(" ".join(report.notes), BannerKind.NOTE)
-        elif self.banner.buttons:
+            if remote:
+                self._server_note = " ".join(report.notes)
+        elif self.banner.buttons or (server_note and self.banner.text() == server_note):
             self.hide_banner()  # the model is back: Reload has nothing left to do
 
     def _clear_model_labels(self) -> None:
@@ -348,7 +388,14 @@ class MainWindow(QMainWindow):
     def _on_load_failed(self, message: str) -> None:
         self._clear_model_labels()
         failed, previous = self.session.loading, self.session.last_good_load
-        if previous is not None and failed is not None and failed != previous:
+        if isinstance(failed, RemoteLoadOptions):
+            # Nothing to go back to on its own: the user chose the server, so say what it did.
+            self.show_banner(
+                f"{message} Check the server in File › Settings, or use a local model."
+            )
+            return
+        going_back = previous is not None and not isinstance(previous, RemoteLoadOptions)
+        if going_back and failed is not None and failed != previous:
             self.show_banner(f"{message} Going back to {previous.model_path.name}.")
             self._revert_model_settings(previous)
             self.load_model(previous)
@@ -378,7 +425,9 @@ class MainWindow(QMainWindow):
     def open_settings(self) -> None:
         from fathom_desktop.gui.settings_dialog import SettingsDialog
 
-        dialog = SettingsDialog(self.store, self)
+        last = self.session.last_good_load
+        in_use = last.model_path if last else None
+        dialog = SettingsDialog(self.store, self, current_model=in_use)
         dialog.applied.connect(self.apply_settings)
         # Settings is window-modal and would block the flow's dialog: it closes (unapplied) first.
         dialog.get_fathom_requested.connect(lambda: (dialog.reject(), self.open_get_fathom()))
@@ -391,8 +440,12 @@ class MainWindow(QMainWindow):
             from fathom_desktop.gui.settings_dialog import apply_theme
 
             apply_theme(str(self.store.get("theme")))
-        if LOAD_KEYS.intersection(changed_keys):
+        remote_changed = REMOTE_KEYS.union({REMOTE_KEY_CHANGED}).intersection(changed_keys)
+        local_changed = LOAD_KEYS.intersection(changed_keys) and not uses_server(self.store)
+        if remote_changed or local_changed:
             self.load_model()
+        if API_SERVER_KEYS.union({API_KEY_CHANGED}).intersection(changed_keys):
+            self.api_server.apply()
 
     def n_ctx(self) -> int:
         return self.session.n_ctx()
@@ -475,6 +528,8 @@ class MainWindow(QMainWindow):
                     self.chat.remove(earlier)
         collapse = bool(self.store.get("collapse_reasoning_when_answering"))
         widget = self.chat.add_assistant(started.message_id, collapse)
+        if started.samples > 1:
+            widget.start_consensus(started.samples)
         if started.reasoning:
             widget.reasoning.resume(
                 started.reasoning, started.reasoning_tokens, started.reasoning_seconds
@@ -492,6 +547,10 @@ class MainWindow(QMainWindow):
     def _on_reply_text(self, text: ReplyText) -> None:
         if self._reply is not None:
             self._reply.append(text.reasoning, text.answer, text.reasoning_tokens)
+
+    def _on_consensus_progress(self, progress: ConsensusProgress) -> None:
+        if self._reply is not None:
+            self._reply.consensus_progress(progress.samples)
 
     def _on_reply_phase(self, phase: Phase) -> None:
         if self._reply is None:
@@ -522,7 +581,9 @@ class MainWindow(QMainWindow):
         widget, self._reply = self._reply, None
         if widget is None:
             return
-        if ended.status is MessageStatus.ERROR:
+        if self._reply_samples > 1:
+            finish_consensus_reply(widget, ended)
+        elif ended.status is MessageStatus.ERROR:
             stats = stats_from_record(ended.record)
             if ended.answer:
                 widget.answer.setVisible(True)
@@ -530,14 +591,15 @@ class MainWindow(QMainWindow):
             widget.reasoning.finish(stopped=True, tokens=stats.reasoning_tokens if stats else None)
             widget.fail(ended.error or "")
             widget.figures.setText(figures_text(stats, ended.status, None))
+            if self.engine_choice.remote is not None and ended.error:
+                # A server's failure (down, key refused, overloaded) concerns every next message.
+                self.show_banner(ended.error)
         else:
             stats = ended.stats
             assert stats is not None
-            # With several samples the pane holds them all, and so does its count.
-            tokens = widget.reasoning.tokens if self._reply_samples > 1 else stats.reasoning_tokens
-            figures = figures_text(stats, None, ended.record.get("consensus"))
+            figures = figures_text(stats, None, None)
             stopped = ended.status is MessageStatus.STOPPED
-            widget.finish(ended.answer, tokens, figures, stopped)
+            widget.finish(ended.answer, stats.reasoning_tokens, figures, stopped)
         widget.set_continuable(ended.status in CONTINUABLE)
         self._show_state(self.session.state)
 
@@ -549,4 +611,5 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Stop any reply (saved as stopped), close the engine in its thread, join the thread."""
+        self.api_server.stop()  # before the engine it serves closes
         self.session.close()

@@ -27,6 +27,7 @@ from fathom_desktop.engine.errors import ModelFileError
 from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.gui.background import BackgroundJobs
+from fathom_desktop.model_ladder import is_imatrix_name
 
 GGUF_SUFFIX = ".gguf"
 CPU_ONLY = "CPU only"
@@ -128,8 +129,13 @@ def discover_models(
 
     if models_dir.is_dir():
         for path in sorted(models_dir.iterdir()):
-            # Hidden names are the pipeline's unfinished outputs.
-            if path.suffix.lower() == GGUF_SUFFIX and not path.name.startswith("."):
+            # Hidden names are the pipeline's unfinished outputs; an importance matrix is a GGUF
+            # but no model.
+            if (
+                path.suffix.lower() == GGUF_SUFFIX
+                and not path.name.startswith(".")
+                and not is_imatrix_name(path.name)
+            ):
                 add(path)
     for path in extra:
         if path is not None:

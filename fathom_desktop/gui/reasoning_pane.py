@@ -164,6 +164,15 @@ class ReasoningPane(QFrame):
         if time.monotonic() - self._header_refreshed >= LIVE_FIGURES_INTERVAL_S:
             self._refresh_header()
 
+    def replace_text(self, text: str, tokens: int) -> None:
+        """Show another text in place of this one (a consensus view switching samples while
+        they run); it streams on from there."""
+        self._parts = [text]
+        self.body.setPlainText(text)
+        self.tokens = tokens
+        self._fit_body()
+        self._refresh_header()
+
     def finish(self, stopped: bool = False, tokens: int | None = None) -> None:
         if self.state in (ReasoningState.DONE, ReasoningState.STOPPED):
             # The pane closes when the answer starts; the engine's final count comes at the end.
@@ -186,6 +195,7 @@ class ReasoningPane(QFrame):
         self._fit_body()
         self.tokens = tokens
         self._elapsed = seconds
+        self._started = None  # a time not stored is not shown (nor counted from a live start)
         self.state = ReasoningState.STOPPED if stopped else ReasoningState.DONE
         self.set_expanded(False)
         self._refresh_header()

@@ -34,6 +34,7 @@ from fathom_desktop.gui.session_types import (
     CONTINUABLE,
     ConversationShown,
     EngineFailure,
+    LiveSample,
     ReplyEnded,
     ReplyStarted,
     ReplyText,
@@ -44,6 +45,7 @@ from fathom_desktop.gui.session_types import (
     stats_record,
 )
 from fathom_desktop.gui.worker import (
+    ConsensusProgress,
     EngineClient,
     EngineFactory,
     GenerationDone,
@@ -59,6 +61,7 @@ from fathom_desktop.history import (
     MessageStatus,
     StoredMessage,
 )
+from fathom_desktop.history.samples import SampleRecord, VoteRecord
 from fathom_desktop.settings import SettingsStore, SystemPreset
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class ChatSession(QObject):
     user_message_added = Signal(int, str)  # message id, text
     reply_started = Signal(object)  # ReplyStarted
     reply_text = Signal(object)  # ReplyText
+    consensus_progress = Signal(object)  # ConsensusProgress: the samples that moved on
     reply_phase = Signal(object)  # Phase: the prompt is read, the reasoning or the answer starts
     context_trimmed = Signal(int)  # earlier messages left out of this turn's prompt
     usage_changed = Signal(object)  # TokenUsage
@@ -114,6 +118,7 @@ class ChatSession(QObject):
         worker.load_finished.connect(self._on_loaded, queued)
         worker.load_failed.connect(self._on_load_failed, queued)
         worker.batch.connect(self._on_batch, queued)
+        worker.consensus_batch.connect(self._on_consensus_batch, queued)
         worker.notice.connect(self._on_notice, queued)
         worker.generation_done.connect(self._on_done, queued)
         worker.generation_failed.connect(self._on_failed, queued)
@@ -254,8 +259,10 @@ class ChatSession(QObject):
 
     # -- starting and steering a turn -------------------------------------------------------------
 
-    def send(self, text: str, samples: int = 1) -> bool:
-        """Add `text` as your message and start the reply; False if nothing was started."""
+    def send(self, text: str, samples: int = 1, parallel: int | None = None) -> bool:
+        """Add `text` as your message and start the reply; False if nothing was started.
+        `samples` > 1 asks for a consensus, at most `parallel` samples decoding at once (None:
+        as many as the engine fits)."""
         text = text.strip()
         if not text or not self.state.takes_messages:
             return False
@@ -271,9 +278,9 @@ class ChatSession(QObject):
             return False
         self.user_message_added.emit(message_id, text)
         self.conversations_changed.emit()
-        return self._when_ready(lambda: self._start_turn(samples))
+        return self._when_ready(lambda: self._start_turn(samples, parallel=parallel))
 
-    def regenerate(self, samples: int = 1) -> bool:
+    def regenerate(self, samples: int = 1, parallel: int | None = None) -> bool:
         """Replace the last reply with a new one (its user message stays)."""
         if not self.state.takes_messages or self.conversation_id is None:
             return False
@@ -289,7 +296,7 @@ class ChatSession(QObject):
             self.problem.emit(str(error))
             return False
         self._show_current()
-        return self._when_ready(lambda: self._start_turn(samples))
+        return self._when_ready(lambda: self._start_turn(samples, parallel=parallel))
 
     def resend_edited(self, message_id: int, text: str) -> bool:
         """Your edited message replaces the old one; everything after it is dropped and redone."""
@@ -324,6 +331,8 @@ class ChatSession(QObject):
             message.role == "assistant"
             and message.status in CONTINUABLE
             and bool((message.reasoning or "") + message.content)
+            # A consensus reply is several replies and a vote; one of them cannot go on alone.
+            and message.samples is None
         )
 
     def stop(self) -> None:
@@ -362,7 +371,12 @@ class ChatSession(QObject):
             eval_preset=self.store.get("system_preset") == SystemPreset.FATHOM_EVAL,
         )
 
-    def _start_turn(self, samples: int = 1, continuing: StoredMessage | None = None) -> bool:
+    def _start_turn(
+        self,
+        samples: int = 1,
+        continuing: StoredMessage | None = None,
+        parallel: int | None = None,
+    ) -> bool:
         conversation_id, report = self.conversation_id, self.report
         if conversation_id is None or report is None or self.state is not SessionState.READY:
             return False
@@ -388,8 +402,17 @@ class ChatSession(QObject):
             # Runs in the model thread, so the history's fsync never stalls the window.
             history.save_partial(message_id, base_reasoning + reasoning, base_answer + answer)
 
+        def save_samples(records: tuple[SampleRecord, ...]) -> None:
+            # Model thread, as above: a consensus keeps every sample so far.
+            history.save_partial(message_id, "", "", [record.to_dict() for record in records])
+
         request = self.client.generate(
-            self._engine_messages(stored, continuing), sampling, samples, save_partial
+            self._engine_messages(stored, continuing),
+            sampling,
+            samples,
+            save_partial,
+            save_samples=save_samples if samples > 1 else None,
+            parallel=parallel,
         )
         base_tokens = _recorded(continuing, "reasoning_tokens") if continuing else 0
         self.turn = Turn(
@@ -428,27 +451,19 @@ class ChatSession(QObject):
         turn = self._current(batch.request_id)
         if turn is None:
             return
-        reasoning, answer = batch.reasoning, batch.answer
-        if batch.sample_index != turn.sample_index:
-            turn.sample_index = batch.sample_index
-            header = f"\n\n── sample {batch.sample_index + 1} of {turn.samples} ──\n\n"
-            turn.reasoning.append(header)
-            reasoning = header + reasoning
-            turn.earlier_samples_tokens = turn.reasoning_tokens
-        if turn.samples > 1:
-            # Every sample's text is reasoning until the vote picks the answer.
-            turn.reasoning.append(batch.reasoning + batch.answer)
-            turn.reasoning_tokens = (
-                turn.earlier_samples_tokens + batch.reasoning_tokens + batch.answer_tokens
-            )
-            reasoning, answer = reasoning + answer, ""
-        else:
-            turn.reasoning.append(batch.reasoning)
-            turn.answer.append(batch.answer)
-            turn.reasoning_tokens = turn.base_reasoning_tokens + batch.reasoning_tokens
-            turn.answer_tokens = batch.answer_tokens
+        # A consensus reports through _on_consensus_batch; this is one reply's text.
+        turn.reasoning.append(batch.reasoning)
+        turn.answer.append(batch.answer)
+        turn.reasoning_tokens = turn.base_reasoning_tokens + batch.reasoning_tokens
+        turn.answer_tokens = batch.answer_tokens
         self.reply_text.emit(
-            ReplyText(turn.message_id, reasoning, answer, turn.reasoning_tokens, turn.answer_tokens)
+            ReplyText(
+                turn.message_id,
+                batch.reasoning,
+                batch.answer,
+                turn.reasoning_tokens,
+                turn.answer_tokens,
+            )
         )
         now = time.monotonic()
         elapsed = now - turn.started
@@ -460,6 +475,32 @@ class ChatSession(QObject):
                 (turn.reasoning_tokens - turn.base_reasoning_tokens + turn.answer_tokens) / elapsed
                 if elapsed > 0.5
                 else None,
+            )
+        )
+
+    def _on_consensus_batch(self, progress: ConsensusProgress) -> None:
+        turn = self._current(progress.request_id)
+        if turn is None:
+            return
+        for sample in progress.samples:
+            live = turn.live_samples.get(sample.index)
+            if live is None:
+                live = turn.live_samples[sample.index] = LiveSample(sample.index)
+            live.update(sample)
+        self.consensus_progress.emit(progress)
+        # The meter shows the sample nearest to filling its context; the speed is all samples'.
+        samples = turn.live_samples.values()
+        fullest = max(samples, key=lambda s: s.reasoning_tokens + s.answer_tokens)
+        total = sum(s.reasoning_tokens + s.answer_tokens for s in samples)
+        turn.reasoning_tokens = sum(s.reasoning_tokens for s in samples)
+        turn.answer_tokens = sum(s.answer_tokens for s in samples)
+        elapsed = time.monotonic() - turn.started
+        self.usage_changed.emit(
+            TokenUsage(
+                turn.prompt_tokens,
+                fullest.reasoning_tokens,
+                fullest.answer_tokens,
+                total / elapsed if elapsed > 0.5 else None,
             )
         )
 
@@ -500,17 +541,18 @@ class ChatSession(QObject):
         if turn.reasoning_started is not None:
             thought = (turn.answer_started or time.monotonic()) - turn.reasoning_started
             reasoning_seconds = turn.base_reasoning_seconds + thought
-        record = stats_record(stats, reasoning_seconds, done.consensus)
+        if done.consensus is not None:
+            self._finish_consensus(turn, done, reasoning_seconds)
+            return
+        record = stats_record(stats, reasoning_seconds)
         if turn.answered_early:
             record["answered_early"] = True
-        if turn.samples > 1:
-            reasoning = turn.all_reasoning()
-            answer = finished.answer
-        else:
-            reasoning = turn.base_reasoning + finished.reasoning
-            answer = turn.base_answer + finished.answer
+        reasoning = turn.base_reasoning + finished.reasoning
+        answer = turn.base_answer + finished.answer
         stopped = stats.finish_reason is FinishReason.CANCELLED
-        status = MessageStatus.STOPPED if stopped else MessageStatus.COMPLETE
+        # A remote server's stream cut mid-reply: what came is kept, and Continue can go on.
+        cut = stats.finish_reason is FinishReason.INTERRUPTED
+        status = MessageStatus.STOPPED if stopped or cut else MessageStatus.COMPLETE
         self._finish_turn(
             turn, ReplyEnded(turn.message_id, status, reasoning, answer, record, stats)
         )
@@ -523,13 +565,55 @@ class ChatSession(QObject):
             )
         )
         self.status_message.emit("Stopped." if stopped else "Done.")
+        if cut:
+            self.problem.emit(
+                "The server's stream was cut off mid-reply; what came is kept. "
+                "Continue or Regenerate to try again."
+            )
+
+    def _finish_consensus(
+        self, turn: Turn, done: GenerationDone, reasoning_seconds: float | None
+    ) -> None:
+        """The winner's reasoning and answer are the reply; every sample and the vote are kept
+        with it. A Stop ends every sample and keeps what each had written."""
+        result = done.consensus
+        assert result is not None
+        winner = done.finished
+        samples = tuple(SampleRecord.finished(i, s) for i, s in enumerate(result.samples))
+        vote = VoteRecord.of(result, turn.samples, time.monotonic() - turn.started)
+        record = stats_record(winner.stats, reasoning_seconds, vote)
+        stopped = turn.request.control.cancel.is_set() or any(
+            s.stats.finish_reason is FinishReason.CANCELLED for s in result.samples
+        )
+        status = MessageStatus.STOPPED if stopped else MessageStatus.COMPLETE
+        ended = ReplyEnded(
+            turn.message_id,
+            status,
+            winner.reasoning,
+            winner.answer,
+            record,
+            winner.stats,
+            samples=samples,
+        )
+        self._finish_turn(turn, ended)
+        self.usage_changed.emit(
+            TokenUsage(
+                winner.stats.prompt_tokens,
+                winner.stats.reasoning_tokens,
+                winner.stats.answer_tokens,
+                vote.tokens_per_s or None,
+            )
+        )
+        self.status_message.emit("Stopped." if stopped else "Done.")
 
     def _on_failed(self, failed: GenerationFailed) -> None:
         turn = self._current(failed.request_id)
         if turn is None:
             return
+        samples: tuple[SampleRecord, ...] = ()
         if turn.samples > 1:
-            reasoning, answer = turn.all_reasoning(), ""
+            reasoning, answer = "", ""
+            samples = turn.sample_records()
         else:
             # Every character that was shown stays, whatever ended the reply.
             reasoning = turn.base_reasoning + failed.reasoning
@@ -543,7 +627,13 @@ class ChatSession(QObject):
         if failed.crash is not None:
             record["engine_crashed"] = True
         ended = ReplyEnded(
-            turn.message_id, MessageStatus.ERROR, reasoning, answer, record, error=failed.message
+            turn.message_id,
+            MessageStatus.ERROR,
+            reasoning,
+            answer,
+            record,
+            error=failed.message,
+            samples=samples,
         )
         if failed.crash is not None:
             self._enter(SessionState.ENGINE_FAILED)  # never READY: the model is gone
@@ -562,7 +652,12 @@ class ChatSession(QObject):
         self.turn = None
         try:
             self.history.finish_assistant_message(
-                turn.message_id, ended.reasoning, ended.answer, ended.record, ended.status
+                turn.message_id,
+                ended.reasoning,
+                ended.answer,
+                ended.record,
+                ended.status,
+                [sample.to_dict() for sample in ended.samples] if turn.samples > 1 else None,
             )
         except HistoryError as error:
             self.problem.emit(str(error))
@@ -583,12 +678,14 @@ class ChatSession(QObject):
         self.client.cancel()
         if turn is not None:
             try:
+                consensus = turn.samples > 1
                 self.history.finish_assistant_message(
                     turn.message_id,
-                    turn.all_reasoning(),
-                    turn.all_answer(),
+                    "" if consensus else turn.all_reasoning(),
+                    "" if consensus else turn.all_answer(),
                     {"finish_reason": FinishReason.CANCELLED.value},
                     MessageStatus.STOPPED,
+                    [s.to_dict() for s in turn.sample_records()] if consensus else None,
                 )
             except HistoryError as error:
                 log.warning("could not save the stopped reply: %s", error)

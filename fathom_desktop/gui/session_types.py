@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from fathom_desktop.engine.consensus import ConsensusResult
-from fathom_desktop.engine.types import GenerationStats
-from fathom_desktop.gui.worker import GenerationRequest
+from fathom_desktop.engine.answers import extract_boxed
+from fathom_desktop.engine.types import GenerationStats, Phase
+from fathom_desktop.gui.worker import GenerationRequest, SampleProgress
 from fathom_desktop.history import MessageStatus, StoredMessage
+from fathom_desktop.history.samples import SampleRecord, VoteRecord
 
 # Replies that ended before the model finished them, which Continue can take up again.
 CONTINUABLE = frozenset({MessageStatus.STOPPED, MessageStatus.INTERRUPTED, MessageStatus.ERROR})
@@ -75,11 +76,8 @@ class ReplyStarted:
 
 @dataclass(frozen=True)
 class ReplyText:
-    """New text of the reply, with its running token counts (the engine's own counts).
-
-    With several samples (consensus) every sample's text is reasoning; the vote picks the answer
-    shown at the end.
-    """
+    """New text of the reply, with its running token counts (the engine's own counts). A
+    consensus reports its samples' progress instead (`ConsensusProgress`)."""
 
     message_id: int
     reasoning: str
@@ -108,6 +106,8 @@ class ReplyEnded:
     record: dict
     stats: GenerationStats | None = None
     error: str | None = None
+    # A consensus reply's samples, in sampling order (the vote is in `record["consensus"]`).
+    samples: tuple[SampleRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,43 @@ class EngineFailure:
     message: str
     while_loading: bool
     fewer_gpu_layers: int | None = None
+
+
+@dataclass
+class LiveSample:
+    """One consensus sample while it runs: everything it wrote, its counts and where it is."""
+
+    index: int
+    phase: Phase = Phase.PROMPT
+    reasoning: list[str] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    finished: SampleRecord | None = None
+
+    def update(self, progress: SampleProgress) -> None:
+        if progress.reasoning:
+            self.reasoning.append(progress.reasoning)
+        if progress.answer:
+            self.answer.append(progress.answer)
+        self.reasoning_tokens = progress.reasoning_tokens
+        self.answer_tokens = progress.answer_tokens
+        self.phase = progress.phase
+        self.finished = progress.finished or self.finished
+
+    def record(self) -> SampleRecord:
+        """As finished, or as far as it got (no finish reason)."""
+        if self.finished is not None:
+            return self.finished
+        answer = "".join(self.answer)
+        return SampleRecord(
+            index=self.index,
+            reasoning="".join(self.reasoning),
+            answer=answer,
+            boxed=extract_boxed(answer),
+            reasoning_tokens=self.reasoning_tokens,
+            answer_tokens=self.answer_tokens,
+        )
 
 
 @dataclass
@@ -136,12 +173,11 @@ class Turn:
     prompt_tokens: int = 0
     reasoning_tokens: int = 0
     answer_tokens: int = 0
-    sample_index: int = 0
-    earlier_samples_tokens: int = 0  # consensus: the tokens of the samples before this one
     started: float = field(default_factory=time.monotonic)
     reasoning_started: float | None = None
     answer_started: float | None = None
     answered_early: bool = False
+    live_samples: dict[int, LiveSample] = field(default_factory=dict)  # consensus only
 
     @property
     def samples(self) -> int:
@@ -153,20 +189,20 @@ class Turn:
     def all_answer(self) -> str:
         return self.base_answer + "".join(self.answer)
 
+    def sample_records(self) -> tuple[SampleRecord, ...]:
+        """A consensus turn's samples as far as they got, in sampling order."""
+        return tuple(sample.record() for _, sample in sorted(self.live_samples.items()))
+
 
 def stats_record(
-    stats: GenerationStats, reasoning_seconds: float | None, consensus: ConsensusResult | None
+    stats: GenerationStats, reasoning_seconds: float | None, vote: VoteRecord | None = None
 ) -> dict:
     record = dataclasses.asdict(stats)
     record["finish_reason"] = stats.finish_reason.value
     if reasoning_seconds is not None:
         record["reasoning_seconds"] = round(reasoning_seconds, 2)
-    if consensus is not None:
-        record["consensus"] = {
-            "answer": consensus.answer,
-            "votes": consensus.votes,
-            "samples": len(consensus.samples),
-        }
+    if vote is not None:
+        record["consensus"] = vote.to_dict()
     return record
 
 

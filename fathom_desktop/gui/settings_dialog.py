@@ -3,7 +3,8 @@
 Nothing changes until Apply or OK. Then every value is validated together (including the rules
 that involve more than one setting and the chosen model's trained context); a refused value keeps
 the dialog open with the reason shown, and accepted ones are saved and announced via `applied`.
-The model list reads the files and asks about the GPU in the background (`ModelList.scan`), so
+The model list (gui/ladder_list.py: every model with its whole quantization ladder, beside a
+chart of what each level loses) reads the files and asks about the GPU in the background, so
 the dialog opens at once however slow the disk; what is not known yet reads "checking…".
 """
 
@@ -34,10 +35,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from convert.quantize import basename_of
 from fathom_desktop import paths
 from fathom_desktop.engine.gguf_check import ModelFileInfo
 from fathom_desktop.engine.planner import GpuInfo, offloadable_layers
-from fathom_desktop.gui.model_list import FitInputs, ModelList, describe_gpu
+from fathom_desktop.gui.ladder_list import LadderList
+from fathom_desktop.gui.model_list import FitInputs, describe_gpu
+from fathom_desktop.gui.quality_chart import QualityChart
+from fathom_desktop.gui.remote_settings import OWNED_KEYS, RemoteSettings
+from fathom_desktop.model_ladder import is_demo_basename
 from fathom_desktop.settings import (
     SETTINGS,
     SETTINGS_BY_KEY,
@@ -175,12 +181,16 @@ class SettingsDialog(QDialog):
         parent: QWidget | None = None,
         *,
         models_dir: Path | None = None,
+        current_model: Path | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.setMinimumWidth(640)
+        self.resize(1000, 640)  # the ladder and its chart side by side
         self._store = store
         self._models_dir = models_dir if models_dir is not None else paths.models_dir()
+        # The model in use when the settings name none (the demo, or the best level found).
+        self._current_model = current_model
         self._extra_models: list[Path] = []
         self._editors: dict[str, _Editor] = {}
 
@@ -190,16 +200,27 @@ class SettingsDialog(QDialog):
             page = QWidget()
             outer = QVBoxLayout(page)
             if group is SettingGroup.MODEL:
-                outer.addWidget(self._build_model_picker())
+                # Where the model runs; the local picker shows only for a local GGUF.
+                self.remote = RemoteSettings(store)
+                outer.addWidget(self.remote)
+                outer.addWidget(self.remote.local_only(self._build_model_picker()))
             form = QFormLayout()
             form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.ExpandingFieldsGrow)
-            outer.addLayout(form)
+            if group is SettingGroup.MODEL:
+                # The load options apply to a local GGUF only.
+                load_options = QWidget()
+                load_options.setLayout(form)
+                form.setContentsMargins(0, 0, 0, 0)
+                outer.addWidget(self.remote.local_only(load_options))
+                outer.addWidget(self.remote.api_server_box)
+            else:
+                outer.addLayout(form)
             outer.addStretch(1)
             pages[group] = form
             self._tabs.addTab(page, group.value)
         for setting in SETTINGS:
-            if setting.key == MODEL_KEY:
-                continue
+            if setting.key == MODEL_KEY or setting.key in OWNED_KEYS:
+                continue  # edited by the model picker and RemoteSettings
             editor = _Editor(setting)
             editor.widget.setToolTip(setting.help)
             editor.widget.setObjectName(setting.key)
@@ -246,8 +267,11 @@ class SettingsDialog(QDialog):
         self.gpu_label = QLabel("GPU: checking…")
         self.gpu_label.setObjectName("gpu")
         self.gpu_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.model_list = ModelList()
-        self.model_list.setMinimumHeight(150)
+        self.model_list = LadderList()
+        self.model_list.setMinimumHeight(280)
+        self.quality_chart = QualityChart()
+        self.model_list.ladder_changed.connect(self._show_chart)
+        self.model_list.notice.connect(self._show_notice)
         self.model_list.gpu_checked.connect(self._show_gpu)
         self.model_list.scanned.connect(self._show_manifest_warning)
         self.model_list.file_added.connect(self._file_added)
@@ -274,19 +298,41 @@ class SettingsDialog(QDialog):
         row.addWidget(folder, 1)
         row.addWidget(browse)
         row.addWidget(self.get_fathom_button)
+        self.notice_label = QLabel()
+        self.notice_label.setObjectName("notice")
+        self.notice_label.setWordWrap(True)
+        self.notice_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.notice_label.hide()
+        ladder = QHBoxLayout()
+        ladder.addWidget(self.model_list, 5)
+        ladder.addWidget(self.quality_chart, 3)
         layout.addWidget(QLabel("Model and quantization level"))
         layout.addWidget(self.gpu_label)
-        layout.addWidget(self.model_list)
+        layout.addLayout(ladder, 1)
+        layout.addWidget(self.notice_label)
         layout.addWidget(self.manifest_label)
         layout.addLayout(row)
         return box
 
     def _populate_models(self, selected: Path | None) -> None:
+        selected = selected or self._current_model
         self.model_list.scan(self._models_dir, [selected, *self._extra_models], selected)
         self._refresh_fits()
 
     def _show_gpu(self, gpu: GpuInfo | None) -> None:
         self.gpu_label.setText(describe_gpu(gpu))
+
+    def _show_chart(self) -> None:
+        group = self.model_list.chart_group()
+        title = f"{group.title}: KLD (log) by size" if group else ""
+        self.quality_chart.set_points(self.model_list.chart_points(), title)
+        gpu = self.model_list.gpu()
+        usable = gpu is not None and gpu.problem is None
+        self.quality_chart.set_vram(gpu.free_bytes if usable and gpu else None)
+
+    def _show_notice(self, text: str) -> None:
+        self.notice_label.setText(text)
+        self.notice_label.setVisible(bool(text))
 
     def _show_layer_count(self, *_args: object) -> None:
         """Read "20 / 49 layers": the GPU layers editor counts as the status bar and badges do."""
@@ -351,11 +397,14 @@ class SettingsDialog(QDialog):
         selected = self.model_list.selected_path()
         current = self._store.get(MODEL_KEY)
         entry = self.model_list.entry_for(selected) if selected is not None else None
-        if selected is None or (current and entry is not None and entry.is_file(str(current))):
-            # The same file under the name the settings already use: not a change, no reload.
+        in_use = current or (str(self._current_model) if self._current_model else None)
+        if selected is None or (in_use and entry is not None and entry.is_file(str(in_use))):
+            # The same file under the name the settings already use (or the model already in
+            # use when they name none): not a change, no reload.
             values[MODEL_KEY] = current
         else:
             values[MODEL_KEY] = str(selected)
+        values.update(self.remote.values())
         return values
 
     def restore_defaults(self) -> None:
@@ -363,6 +412,7 @@ class SettingsDialog(QDialog):
         for key, value in defaults().items():
             if key in self._editors:
                 self._editors[key].set_value(value)
+        self.remote.restore_defaults()
         self._clear_error()
 
     def apply(self) -> bool:
@@ -370,10 +420,14 @@ class SettingsDialog(QDialog):
         values = self.values()
         try:
             self._check_against_model(values)
+            self.remote.check()
             changed = self._store.update(values)
         except SettingsValueError as error:
             self._show_error(error.reason, error.key)
             return False
+        # The API keys go to the keyring, never to the settings file.
+        keys_changed, key_problem = self.remote.save_keys()
+        changed += keys_changed
         try:
             self._store.save()
         except SettingsSaveError as error:
@@ -381,14 +435,17 @@ class SettingsDialog(QDialog):
             if changed:
                 self.applied.emit(changed)
             return False
-        self._clear_error()
         if changed:
             self.applied.emit(changed)
+        if key_problem:  # the dialog stays open so that this is read; OK again closes it
+            self._show_error(key_problem)
+            return False
+        self._clear_error()
         return True
 
     def _check_against_model(self, values: dict[str, object]) -> None:
         model = values.get(MODEL_KEY)
-        if not model:
+        if not model or values.get("model_source") == "server":
             return
         path = Path(str(model))
         facts = self.model_list.facts(path)
@@ -401,6 +458,10 @@ class SettingsDialog(QDialog):
             if model != self._store.get(MODEL_KEY):
                 raise SettingsValueError(MODEL_KEY, facts)
             return  # the current model went missing; the window reports that when it loads
+        if is_demo_basename(basename_of(path)):
+            # The demo's levels run as the demo starts: the engine caps the context to its
+            # 4,096 tokens and says so, so that switching levels works as on Fathom.
+            return
         limit = facts.n_ctx_train
         n_ctx = values["n_ctx"]
         if isinstance(n_ctx, int) and n_ctx > limit:

@@ -150,8 +150,11 @@ class WelcomeView(QFrame):
         demo = is_demo_model(report.model_path)
         name = "fathom-tiny, the built-in demo" if demo else report.model_path.name
         on_gpu = report.n_gpu_layers if report.gpu_offload_supported else 0
-        where = layers_on_gpu(on_gpu, report.n_layers)
-        self.model_label.setText(f"Model: {name} ({report.file_type}, {where})")
+        if report.file_type == "remote":  # engine/remote.py: a model served elsewhere
+            self.model_label.setText(f"Model: {name} (on a server)")
+        else:
+            where = layers_on_gpu(on_gpu, report.n_layers)
+            self.model_label.setText(f"Model: {name} ({report.file_type}, {where})")
         self._describe(demo=demo, loaded=True)
 
     def _describe(self, *, demo: bool, loaded: bool) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 
+from fathom_desktop.engine.answers import extract_boxed
 from fathom_desktop.engine.consensus import ConsensusResult
 from fathom_desktop.engine.errors import EngineCrashedError, EngineError
 from fathom_desktop.engine.types import (
@@ -28,11 +29,13 @@ from fathom_desktop.engine.types import (
     Finished,
     GenerationControl,
     LoadOptions,
+    Phase,
     PhaseChanged,
     SamplingParams,
     StreamEvent,
     TextDelta,
 )
+from fathom_desktop.history.samples import SampleRecord
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,15 @@ class GenerationRequest:
     # Called in the model thread with (reasoning, answer) so far, every PARTIAL_SAVE_INTERVAL_S:
     # the history's fsync then never stalls the GUI.
     save_partial: Callable[[str, str], None] | None = None
+    # A consensus request's partial save instead: every sample so far, in sampling order.
+    save_samples: Callable[[tuple[SampleRecord, ...]], None] | None = None
+    # A consensus request's cap on samples decoded at once (None: as many as the engine fits).
+    parallel: int | None = None
 
 
 @dataclass(frozen=True)
 class StreamBatch:
-    """New text since the previous batch, with the sample's running token counts (the sums of
+    """New text since the previous batch, with the reply's running token counts (the sums of
     the engine's `TextDelta.tokens`, so they are the engine's own counts)."""
 
     request_id: int
@@ -66,7 +73,6 @@ class StreamBatch:
     answer: str
     reasoning_tokens: int
     answer_tokens: int
-    sample_index: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,28 @@ class StreamNotice:
     request_id: int
     event: PhaseChanged | ContextTrimmed
     sample_index: int = 0
+
+
+@dataclass(frozen=True)
+class SampleProgress:
+    """One consensus sample's news since the previous batch: its new text, its running token
+    counts (the engine's own), where it is, and how it ended once it has."""
+
+    index: int
+    reasoning: str
+    answer: str
+    reasoning_tokens: int
+    answer_tokens: int
+    phase: Phase
+    finished: SampleRecord | None = None
+
+
+@dataclass(frozen=True)
+class ConsensusProgress:
+    """Every consensus sample that changed since the previous batch (one signal for all)."""
+
+    request_id: int
+    samples: tuple[SampleProgress, ...]
 
 
 @dataclass(frozen=True)
@@ -108,7 +136,6 @@ class LoadFailed:
 @dataclass
 class _Batcher:
     request_id: int
-    sample_index: int = 0
     reasoning: list[str] = field(default_factory=list)
     answer: list[str] = field(default_factory=list)
     reasoning_tokens: int = 0
@@ -142,17 +169,78 @@ class _Batcher:
             "".join(self.answer),
             self.reasoning_tokens,
             self.answer_tokens,
-            self.sample_index,
         )
         self.reasoning.clear()
         self.answer.clear()
         return batch
 
-    def next_sample(self, index: int) -> None:
-        self.sample_index = index
-        self.reasoning_tokens = self.answer_tokens = 0
-        self.all_reasoning.clear()
-        self.all_answer.clear()
+
+@dataclass
+class _Lane:
+    """One consensus sample as the worker follows it."""
+
+    index: int
+    phase: Phase = Phase.PROMPT
+    reasoning: list[str] = field(default_factory=list)  # new since the last batch
+    answer: list[str] = field(default_factory=list)
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    all_reasoning: list[str] = field(default_factory=list)
+    all_answer: list[str] = field(default_factory=list)
+    finished: SampleRecord | None = None
+    changed: bool = True
+
+    def take(self) -> SampleProgress:
+        progress = SampleProgress(
+            self.index,
+            "".join(self.reasoning),
+            "".join(self.answer),
+            self.reasoning_tokens,
+            self.answer_tokens,
+            self.phase,
+            self.finished,
+        )
+        self.reasoning.clear()
+        self.answer.clear()
+        self.changed = False
+        return progress
+
+    def record(self) -> SampleRecord:
+        if self.finished is not None:
+            return self.finished
+        answer = "".join(self.all_answer)
+        return SampleRecord(
+            index=self.index,
+            reasoning="".join(self.all_reasoning),
+            answer=answer,
+            boxed=extract_boxed(answer),
+            reasoning_tokens=self.reasoning_tokens,
+            answer_tokens=self.answer_tokens,
+        )
+
+
+class _Lanes:
+    """The consensus samples seen so far, flushed together every BATCH_INTERVAL_S."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[int, _Lane] = {}
+        self.last_flush = time.monotonic()
+        self.last_save = time.monotonic()
+        self.announced: set[Phase] = set()
+        self.trimmed = False
+
+    def lane(self, index: int) -> _Lane:
+        lane = self.lanes.get(index)
+        if lane is None:
+            lane = self.lanes[index] = _Lane(index)
+        return lane
+
+    def take(self) -> tuple[SampleProgress, ...]:
+        self.last_flush = time.monotonic()
+        return tuple(lane.take() for _, lane in sorted(self.lanes.items()) if lane.changed)
+
+    def records(self) -> tuple[SampleRecord, ...]:
+        return tuple(lane.record() for _, lane in sorted(self.lanes.items()))
 
 
 class EngineWorker(QObject):
@@ -161,6 +249,7 @@ class EngineWorker(QObject):
     load_finished = Signal(object)  # LoadReport
     load_failed = Signal(object)  # LoadFailed
     batch = Signal(object)  # StreamBatch
+    consensus_batch = Signal(object)  # ConsensusProgress
     notice = Signal(object)  # StreamNotice
     generation_done = Signal(object)  # GenerationDone
     generation_failed = Signal(object)  # GenerationFailed
@@ -222,30 +311,79 @@ class EngineWorker(QObject):
         if isinstance(event, Finished):
             self.generation_done.emit(GenerationDone(request_id, event))
         else:
-            self.notice.emit(StreamNotice(request_id, event, batcher.sample_index))
+            self.notice.emit(StreamNotice(request_id, event))
 
     def _consensus(self, request: GenerationRequest, batcher: _Batcher) -> None:
+        """Every sample gets a lane; all lanes that changed go to the GUI in one batch every
+        BATCH_INTERVAL_S, whether the engine interleaves the samples or runs them in turn."""
+        lanes = _Lanes()
+
         def on_event(index: int, event: StreamEvent) -> None:
-            if index != batcher.sample_index:
-                batcher.next_sample(index)
-            if isinstance(event, Finished):
-                self._flush(batcher)
-                return
-            self._forward(request.request_id, event, batcher)
-            self._save_partial(request, batcher)
+            lane = lanes.lane(index)
+            lane.changed = True
+            if isinstance(event, TextDelta):
+                parts = (lane.reasoning, lane.all_reasoning)
+                if event.kind is DeltaKind.ANSWER:
+                    parts = (lane.answer, lane.all_answer)
+                    lane.answer_tokens += event.tokens
+                else:
+                    lane.reasoning_tokens += event.tokens
+                for part in parts:
+                    part.append(event.text)
+            elif isinstance(event, Finished):
+                lane.finished = SampleRecord.finished(index, event)
+                lane.reasoning_tokens = event.stats.reasoning_tokens
+                lane.answer_tokens = event.stats.answer_tokens
+            elif isinstance(event, PhaseChanged):
+                lane.phase = event.phase
+                # The session hears each phase once (the prompt's size, then that reasoning
+                # began); the lanes carry every sample's own phase.
+                if event.phase not in lanes.announced:
+                    lanes.announced.add(event.phase)
+                    self._flush_lanes(request, lanes)
+                    self.notice.emit(StreamNotice(request.request_id, event, index))
+            elif isinstance(event, ContextTrimmed) and not lanes.trimmed:
+                lanes.trimmed = True
+                self.notice.emit(StreamNotice(request.request_id, event, index))
+            if isinstance(event, Finished) or time.monotonic() - lanes.last_flush >= (
+                BATCH_INTERVAL_S
+            ):
+                self._flush_lanes(request, lanes)
+            self._save_samples(request, lanes)
 
         assert self._engine is not None
-        result = self._engine.consensus(
-            request.messages,
-            request.sampling,
-            request.samples,
-            request.control,
-            on_event=on_event,
-        )
+        try:
+            result = self._engine.consensus(
+                request.messages,
+                request.sampling,
+                request.samples,
+                request.control,
+                on_event=on_event,
+                parallel=request.parallel,
+            )
+        finally:
+            self._flush_lanes(request, lanes)
         if not result.samples:
             raise EngineError("No sample finished, so there is nothing to vote on.")
         winner = result.winner
         self.generation_done.emit(GenerationDone(request.request_id, winner, result))
+
+    def _flush_lanes(self, request: GenerationRequest, lanes: _Lanes) -> None:
+        progress = lanes.take()
+        if progress:
+            self.consensus_batch.emit(ConsensusProgress(request.request_id, progress))
+
+    def _save_samples(self, request: GenerationRequest, lanes: _Lanes) -> None:
+        if request.save_samples is None:
+            return
+        now = time.monotonic()
+        if now - lanes.last_save < PARTIAL_SAVE_INTERVAL_S:
+            return
+        lanes.last_save = now
+        try:
+            request.save_samples(lanes.records())
+        except Exception as error:  # a full disk must not end the reply; the final save retries
+            log.warning("could not save the samples so far: %s", error)
 
     def _flush(self, batcher: _Batcher) -> None:
         batch = batcher.take()
@@ -337,13 +475,23 @@ class EngineClient(QObject):
         sampling: SamplingParams,
         samples: int = 1,
         save_partial: Callable[[str, str], None] | None = None,
+        *,
+        save_samples: Callable[[tuple[SampleRecord, ...]], None] | None = None,
+        parallel: int | None = None,
     ) -> GenerationRequest:
         if self.closed:
             raise RuntimeError("the engine client is closed")
         if self.current is not None:
             raise RuntimeError("a generation is already running")
         request = GenerationRequest(
-            next(self._ids), messages, sampling, GenerationControl(), samples, save_partial
+            next(self._ids),
+            messages,
+            sampling,
+            GenerationControl(),
+            samples,
+            save_partial,
+            save_samples,
+            parallel,
         )
         self.current = request
         self._request_generation.emit(request)

@@ -18,6 +18,7 @@ from fathom_desktop.history.records import (
     MessageStatus,
     StoredMessage,
     message_to_row,
+    samples_to_json,
     to_json,
 )
 
@@ -33,6 +34,11 @@ class ConversationRow:
 
 
 Messages = dict[int, StoredMessage]
+
+
+def _tuple(samples: tuple[dict, ...] | list[dict]) -> tuple[dict, ...]:
+    # Changes read back from an unsaved-changes file carry lists where JSON had arrays.
+    return tuple(samples)
 
 
 class Change:
@@ -156,21 +162,33 @@ class SavePartial(Change):
     reasoning: str
     answer: str
     now: float
+    samples: tuple[dict, ...] | None = None  # a consensus reply's samples so far
     what = "a reply's latest text"
 
     def run(self, db: sqlite3.Connection) -> None:
         # A finished reply is never overwritten by a late partial save.
         db.execute(
-            "UPDATE messages SET reasoning = ?, content = ?, updated_at = ? "
-            "WHERE id = ? AND status = ?",
-            (self.reasoning, self.answer, self.now, self.message_id, MessageStatus.STREAMING.value),
+            "UPDATE messages SET reasoning = ?, content = ?, updated_at = ?, "
+            "samples = COALESCE(?, samples) WHERE id = ? AND status = ?",
+            (
+                self.reasoning,
+                self.answer,
+                self.now,
+                samples_to_json(self.samples),
+                self.message_id,
+                MessageStatus.STREAMING.value,
+            ),
         )
 
     def on_messages(self, conversation_id: int, messages: Messages) -> None:
         stored = messages.get(self.message_id)
         if stored is not None and stored.status is MessageStatus.STREAMING:
             messages[self.message_id] = dataclasses.replace(
-                stored, reasoning=self.reasoning, content=self.answer, updated_at=self.now
+                stored,
+                reasoning=self.reasoning,
+                content=self.answer,
+                updated_at=self.now,
+                samples=_tuple(self.samples) if self.samples is not None else stored.samples,
             )
 
 
@@ -183,18 +201,20 @@ class FinishReply(Change):
     stats: dict | None
     status: MessageStatus
     now: float
+    samples: tuple[dict, ...] | None = None  # a consensus reply's samples
     what = "a finished reply"
 
     def run(self, db: sqlite3.Connection) -> None:
         db.execute(
             "UPDATE messages SET reasoning = ?, content = ?, stats = ?, status = ?, "
-            "updated_at = ? WHERE id = ? AND role = 'assistant'",
+            "updated_at = ?, samples = COALESCE(?, samples) WHERE id = ? AND role = 'assistant'",
             (
                 self.reasoning,
                 self.answer,
                 to_json(self.stats),
                 self.status.value,
                 self.now,
+                samples_to_json(self.samples),
                 self.message_id,
             ),
         )
@@ -210,6 +230,7 @@ class FinishReply(Change):
                 stats=self.stats,
                 status=self.status,
                 updated_at=self.now,
+                samples=_tuple(self.samples) if self.samples is not None else stored.samples,
             )
 
     def on_conversation(self, row: ConversationRow | None) -> ConversationRow | None:

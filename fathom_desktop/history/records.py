@@ -54,6 +54,9 @@ class StoredMessage:
     stats: dict | None
     created_at: float
     updated_at: float
+    # A consensus reply's samples, in sampling order, each as `sample_record` writes it (its
+    # reasoning, answer, boxed value, token counts and finish reason); None for other messages.
+    samples: tuple[dict, ...] | None = None
 
     def to_chat_message(self) -> ChatMessage:
         return ChatMessage(role=self.role, content=self.content, reasoning=self.reasoning)
@@ -85,13 +88,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX messages_by_conversation ON messages (conversation_id, id)",
         "CREATE INDEX conversations_by_recency ON conversations (updated_at DESC)",
     ),
+    # 1 -> 2: a consensus reply keeps every sample, not only the winner (JSON, like stats).
+    ("ALTER TABLE messages ADD COLUMN samples TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 CONVERSATION_COLUMNS = "id, title, created_at, updated_at"
 MESSAGE_COLUMNS = (
     "id, conversation_id, role, content, reasoning, status, model_file, quant, sampling, stats, "
-    "created_at, updated_at"
+    "created_at, updated_at, samples"
 )
 
 
@@ -130,7 +135,7 @@ def newer_schema_text(where: Path, version: int) -> str:
 
 def message_from_row(row: tuple) -> StoredMessage:
     (id_, conversation_id, role, content, reasoning, status, model_file, quant, sampling, stats,
-     created_at, updated_at) = row  # fmt: skip
+     created_at, updated_at, samples) = row  # fmt: skip
     return StoredMessage(
         id=id_,
         conversation_id=conversation_id,
@@ -144,6 +149,7 @@ def message_from_row(row: tuple) -> StoredMessage:
         stats=from_json(stats),
         created_at=created_at,
         updated_at=updated_at,
+        samples=samples_from_json(samples),
     )
 
 
@@ -162,6 +168,7 @@ def message_to_row(message: StoredMessage) -> tuple:
         to_json(message.stats),
         message.created_at,
         message.updated_at,
+        samples_to_json(message.samples),
     )
 
 
@@ -190,6 +197,23 @@ def from_json(text: str | None) -> dict | None:
     except (json.JSONDecodeError, TypeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def samples_to_json(samples: tuple[dict, ...] | list[dict] | None) -> str | None:
+    return None if samples is None else json.dumps(list(samples), ensure_ascii=False)
+
+
+def samples_from_json(text: str | None) -> tuple[dict, ...] | None:
+    """The stored samples; None when there are none or the text is not a list of records."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        return None
+    return tuple(value)
 
 
 def as_dict(value: object) -> dict | None:

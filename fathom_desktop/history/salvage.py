@@ -51,9 +51,11 @@ def salvage(source_uri: str, target: Path) -> Salvaged:
     try:
         found = _rows(source, "conversations", CONVERSATION_COLUMNS, ("conversations_by_recency",))
         conversations = {row[0]: row for row in found if _sound_conversation(row)}
+        # A history from before consensus samples were kept has no `samples` column.
+        columns = MESSAGE_COLUMNS if _has_samples(source) else _COLUMNS_BEFORE_SAMPLES
         messages = [
             row
-            for row in _rows(source, "messages", MESSAGE_COLUMNS, ("messages_by_conversation",))
+            for row in _rows(source, "messages", columns, ("messages_by_conversation",))
             if _sound_message(row)
         ]
         for message in messages:
@@ -104,6 +106,17 @@ def _rows(db: sqlite3.Connection, table: str, columns: str, indexes: Iterable[st
     return rows
 
 
+_COLUMNS_BEFORE_SAMPLES = MESSAGE_COLUMNS.replace("updated_at, samples", "updated_at, NULL")
+
+
+def _has_samples(db: sqlite3.Connection) -> bool:
+    try:
+        db.execute("SELECT samples FROM messages LIMIT 0")
+    except sqlite3.Error:
+        return False
+    return True
+
+
 def _scan(db: sqlite3.Connection, query: str) -> list[int]:
     """Every integer the query yields before it reaches damage."""
     found: list[int] = []
@@ -131,8 +144,8 @@ _STATUSES = frozenset(status.value for status in MessageStatus)
 
 def _sound_message(row: tuple) -> bool:
     (id_, conversation_id, role, content, reasoning, status, model_file, quant, sampling, stats,
-     created_at, updated_at) = row  # fmt: skip
-    optional_text = (reasoning, model_file, quant, sampling, stats)
+     created_at, updated_at, samples) = row  # fmt: skip
+    optional_text = (reasoning, model_file, quant, sampling, stats, samples)
     return (
         isinstance(id_, int)
         and isinstance(conversation_id, int)

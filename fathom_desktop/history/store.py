@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -75,8 +75,10 @@ REOPEN_FLUSH_S = 5.0
 
 _open_histories: weakref.WeakSet[History] = weakref.WeakSet()
 
-_MESSAGE_COLUMNS_WITHOUT_TEXT = MESSAGE_COLUMNS.replace("content, reasoning", "'', NULL").replace(
-    "sampling, stats", "NULL, NULL"
+_MESSAGE_COLUMNS_WITHOUT_TEXT = (
+    MESSAGE_COLUMNS.replace("content, reasoning", "'', NULL")
+    .replace("sampling, stats", "NULL, NULL")
+    .replace("updated_at, samples", "updated_at, NULL")
 )
 
 
@@ -284,13 +286,27 @@ class History:
             sampling=as_dict(sampling),
         )
 
-    def save_partial(self, message_id: int, reasoning: str, answer: str) -> None:
+    def save_partial(
+        self,
+        message_id: int,
+        reasoning: str,
+        answer: str,
+        samples: Sequence[Mapping[str, object]] | None = None,
+    ) -> None:
+        """The streaming reply's text so far (and a consensus reply's samples so far)."""
         with self._reading() as pending:
             stored = self._message(message_id, pending)
         if stored is None or stored.status is not MessageStatus.STREAMING:
             raise HistoryError(f"Message {message_id} is not a reply that is streaming.")
         self._submit(
-            SavePartial(stored.conversation_id, message_id, reasoning, answer, self._clock())
+            SavePartial(
+                stored.conversation_id,
+                message_id,
+                reasoning,
+                answer,
+                self._clock(),
+                _samples(samples),
+            )
         )
 
     def finish_assistant_message(
@@ -300,7 +316,10 @@ class History:
         answer: str,
         stats: Mapping[str, object] | object | None,
         status: MessageStatus | str,
+        samples: Sequence[Mapping[str, object]] | None = None,
     ) -> None:
+        """End a reply with its final text, figures and status; a consensus reply also keeps
+        every sample (`samples`, in sampling order)."""
         status = MessageStatus(status)
         if status not in FINAL_STATUSES:
             raise HistoryError(f"A reply cannot finish as {status.value}.")
@@ -317,6 +336,7 @@ class History:
                 as_dict(stats),
                 status,
                 self._clock(),
+                _samples(samples),
             )
         )
 
@@ -476,6 +496,13 @@ class History:
             return [row[0] for row in rows]
         except sqlite3.Error:
             return []
+
+
+def _samples(samples: Sequence[Mapping[str, object]] | None) -> tuple[dict, ...] | None:
+    """Samples as a read gives them back (the JSON round trip), so waiting changes read alike."""
+    if samples is None:
+        return None
+    return tuple(as_dict(dict(sample)) or {} for sample in samples)
 
 
 def _casefold(text: object) -> object:

@@ -154,9 +154,18 @@ def _change(record: dict) -> Change:
     cls = _KINDS[record.pop("kind")]
     if "message" in record:
         message = record["message"]
-        record["message"] = StoredMessage(**{**message, "status": MessageStatus(message["status"])})
+        samples = message.get("samples")
+        record["message"] = StoredMessage(
+            **{
+                **message,
+                "status": MessageStatus(message["status"]),
+                "samples": tuple(samples) if samples is not None else None,
+            }
+        )
     if "status" in record:
         record["status"] = MessageStatus(record["status"])
+    if record.get("samples") is not None:
+        record["samples"] = tuple(record["samples"])
     if "message_ids" in record:
         record["message_ids"] = frozenset(record["message_ids"])
     return cls(**record)

@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fathom_desktop.engine.errors import EngineError, PromptTooLongError, SettingsError
+from fathom_desktop.engine.errors import (
+    EngineError,
+    ModelNotLoadedError,
+    PromptTooLongError,
+    SettingsError,
+)
 from fathom_desktop.engine.types import (
     ContextTrimmed,
     DeltaKind,
@@ -62,7 +67,11 @@ class ServerConfig:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def create_app(runner: EngineRunner, config: ServerConfig) -> Starlette:
+def create_app(
+    runner: EngineRunner, config: ServerConfig | Callable[[], ServerConfig]
+) -> Starlette:
+    """The app; `config` may be a function, asked at every request, where the model served can
+    change while the server runs (the app's own server follows the model the window loads)."""
     api = _Api(runner, config)
     routes = [
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
@@ -101,6 +110,8 @@ async def _unexpected_error(_request: Request, error: Exception) -> Response:
 
 def _engine_error(error: BaseException) -> ApiError:
     """How a failure from the engine thread reaches the client."""
+    if isinstance(error, ModelNotLoadedError):
+        return ApiError(503, "No model is loaded yet; try again once it is.", type="server_error")
     if isinstance(error, PromptTooLongError):
         return ApiError(400, str(error), code="context_length_exceeded", param="messages")
     if isinstance(error, SettingsError | ValueError):
@@ -116,9 +127,15 @@ def _engine_error(error: BaseException) -> ApiError:
 
 
 class _Api:
-    def __init__(self, runner: EngineRunner, config: ServerConfig) -> None:
+    def __init__(
+        self, runner: EngineRunner, config: ServerConfig | Callable[[], ServerConfig]
+    ) -> None:
         self.runner = runner
-        self.config = config
+        self._config = config
+
+    @property
+    def config(self) -> ServerConfig:
+        return self._config() if callable(self._config) else self._config
 
     # -- plumbing ------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""First run: the shipped checkpoint becomes a Q8_0 GGUF once, and bad checkpoints fail cleanly."""
+"""First run: the shipped checkpoint becomes a Q8_0 GGUF (and its BF16 reference) once, and bad
+checkpoints fail cleanly."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from convert.errors import ConversionError
 from convert.inspect import ChatTemplateVariant, inspect_gguf
+from convert.manifest import read_manifest, sha256_file
 from fathom_desktop.demo import demo_checkpoint, demo_model_path, ensure_demo_model
 
 
@@ -31,8 +33,26 @@ def test_later_runs_reuse_the_gguf(demo_gguf: Path) -> None:
     again = ensure_demo_model(directory=demo_gguf.parent)
     assert again == demo_gguf
     assert again.stat().st_mtime_ns == before
-    # Nothing but the one model is left in the folder: no intermediate BF16, no scratch.
-    assert sorted(p.name for p in demo_gguf.parent.iterdir()) == [demo_gguf.name]
+    # The model, its BF16 reference (the rest of its ladder is made from it) and the manifest
+    # that lists both; no scratch.
+    reference = demo_model_path(directory=demo_gguf.parent, quant="BF16")
+    assert sorted(p.name for p in demo_gguf.parent.iterdir()) == sorted(
+        [demo_gguf.name, reference.name, "manifest.json"]
+    )
+    files = read_manifest(demo_gguf.parent).files
+    assert files[reference.name].quant_type == "BF16"
+    assert files[demo_gguf.name].sha256 == sha256_file(demo_gguf)
+
+
+def test_files_of_an_older_demo_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "fathom-tiny-000000000000-Q4_K_M.gguf").write_bytes(b"GGUF")
+    (tmp_path / "fathom-tiny-000000000000-imatrix.gguf").write_bytes(b"GGUF")
+    (tmp_path / "Fathom-R1-14B-Q4_K_M.gguf").write_bytes(b"GGUF")  # not the demo's
+    model = ensure_demo_model(directory=tmp_path)
+    reference = demo_model_path(directory=tmp_path, quant="BF16")
+    assert sorted(p.name for p in tmp_path.glob("*.gguf")) == sorted(
+        [model.name, reference.name, "Fathom-R1-14B-Q4_K_M.gguf"]
+    )
 
 
 def test_a_changed_checkpoint_gets_a_new_file(tmp_path: Path) -> None:
@@ -93,4 +113,7 @@ def test_a_killed_first_run_leaves_no_scratch_behind(tmp_path: Path) -> None:
 
     model = ensure_demo_model(directory=out)
 
-    assert sorted(p.name for p in out.iterdir()) == sorted([model.name, live.name])
+    reference = demo_model_path(directory=out, quant="BF16")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [model.name, reference.name, "manifest.json", live.name]
+    )

@@ -425,13 +425,12 @@ def test_consensus_votes_on_boxed_answers(make_window, qtbot):
     assert window.consensus(3)
     wait_idle(qtbot, window)
     reply = window.chat.assistant_messages()[-1]
-    assert "Consensus ×3: 2500 (2500: 3)" in reply.figures.text()
-    # The pane shows every sample, and counts every sample's tokens.
+    assert "Consensus ×3: 2500, 3 of 3 agree (100%)" in reply.figures.text()
+    # The panes show the winning sample, as a single reply would be shown.
     script = window.engine.script
-    per_sample = window.engine.count_tokens(script.reasoning) + window.engine.count_tokens(
-        script.answer
-    )
-    assert reply.reasoning.header_text().endswith(f" · {3 * per_sample:,} tokens")
+    per_sample = window.engine.count_tokens(script.reasoning)
+    assert reply.reasoning.header_text().endswith(f" · {per_sample:,} tokens")
+    assert reply.reasoning.text() == script.reasoning
     assert reply.answer.source == window.engine.script.answer
     assert len(window.engine.requests) == 3
     assert _stored(window)[-1].stats["consensus"]["votes"] == {"2500": 3}

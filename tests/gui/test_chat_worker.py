@@ -164,3 +164,31 @@ def test_an_engine_that_dies_is_reported_as_a_crash_with_the_text_so_far(qtbot, 
     assert events[-1].crash is not None and events[-1].crash.while_loading
     _load(qtbot, worker_client)
     assert type(events[-1]).__name__ == "LoadReport"
+
+
+def test_consensus_progress_comes_in_batches_of_every_sample_that_moved(qtbot, client):
+    scripts = [FakeScript(reasoning=REASONING, answer=f"so \\boxed{{{n}}}") for n in (1, 2, 2)]
+    engine = FakeEngine(tokens_per_s=1000, sample_scripts=scripts)
+    worker_client = client(engine)
+    batches: list[object] = []
+    worker_client.worker.consensus_batch.connect(batches.append)
+    _load(qtbot, worker_client)
+    worker_client.generate([], SamplingParams(), samples=6)
+    _idle(qtbot, worker_client)
+
+    per_sample: dict[int, list[object]] = {}
+    for batch in batches:
+        for progress in batch.samples:
+            per_sample.setdefault(progress.index, []).append(progress)
+    assert sorted(per_sample) == list(range(6))
+    tokens = engine.count_tokens(REASONING)
+    for index, progress in per_sample.items():
+        # Each sample's text arrives whole and in order, its counts are the engine's, and its
+        # end carries its record with the boxed value.
+        assert "".join(p.reasoning for p in progress) == REASONING
+        assert progress[-1].reasoning_tokens == tokens
+        assert progress[-1].finished is not None
+        assert progress[-1].finished.boxed == ("1" if index % 3 == 0 else "2")
+    # Samples that moved together share a batch; far fewer GUI updates than tokens.
+    assert max(len(batch.samples) for batch in batches) == 4
+    assert len(batches) < 6 * tokens / 10

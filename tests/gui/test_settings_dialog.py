@@ -177,11 +177,11 @@ def _settle(qtbot, dialog: SettingsDialog) -> None:
 
 
 def _rows(dialog: SettingsDialog) -> dict[str, tuple[str, str, str]]:
-    tree = dialog.model_list
+    """The files listed (levels made), by name: (level, size, fit)."""
     rows = {}
-    for i in range(tree.topLevelItemCount()):
-        item = tree.topLevelItem(i)
-        rows[item.text(0)] = (item.text(1), item.text(2), item.text(3))
+    for _group, row, item in dialog.model_list.level_rows():
+        if row.made:
+            rows[row.path.name] = (item.text(0), item.text(1), item.text(2))
     return rows
 
 
@@ -225,7 +225,8 @@ def test_lists_every_gguf_with_size_and_fit_badge(
     dialog.model_list.select_path(models_dir / "Fathom-R1-14B-Q4_K_M.gguf")
     assert layers.text() == "2 / 49 layers"
     # What the manifest says about a file shows too.
-    assert "sha256 " + "ab" * 32 in dialog.model_list.topLevelItem(0).toolTip(0)
+    q4_item = dialog.model_list.item_for(models_dir / "Fathom-R1-14B-Q4_K_M.gguf")
+    assert "sha256 " + "ab" * 32 in q4_item.toolTip(0)
     _shot(dialog, "settings_dialog_models.png")
 
     # The badges follow the context length and KV cache type shown, before anything is applied.
@@ -457,7 +458,8 @@ def test_a_converted_model_is_checked_against_its_own_context(
         dialog.add_model_file(tiny_gguf_f32)
     _settle(qtbot, dialog)
     row = _rows(dialog)[tiny_gguf_f32.name]
-    assert row[0] == "F32" and row[2] == "fits on GPU"
+    # Unquantized, it is its model's reference (levels would be made from it).
+    assert row[0] == "F32 (reference)" and row[2] == "fits on GPU"
     # The tiny test model was trained with a 4,096-token context; the default 16,384 is refused.
     assert not dialog.apply()
     assert "trained for at most 4096 tokens" in dialog.error_text()

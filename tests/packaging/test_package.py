@@ -117,10 +117,11 @@ def test_self_test_passes_in_the_unpacked_package_and_writes_only_to_user_folder
     assert len(lines) == 1 and lines[0].startswith("self-test passed"), done.stdout
     assert f"\\boxed{{{SELF_TEST_ANSWER}}}" in lines[0] and "CPU backend" in lines[0]
     assert "Traceback" not in done.stderr
-    # The demo GGUF was made in the user's data folder; the package folder is untouched, so an
-    # upgrade that replaces it loses nothing.
+    # The demo GGUF (and its BF16 reference) was made in the user's data folder; the package
+    # folder is untouched, so an upgrade that replaces it loses nothing.
     models = home / ".local" / "share" / "FathomDesktop" / "models"
-    assert [p.suffix for p in models.glob("fathom-tiny-*.gguf")] == [".gguf"]
+    made = sorted(p.name.rsplit("-", 1)[1] for p in models.glob("fathom-tiny-*.gguf"))
+    assert made == ["BF16.gguf", "Q8_0.gguf"]
     assert _listing(unpacked.folder) == before
 
 
