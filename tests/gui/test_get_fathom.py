@@ -16,7 +16,8 @@ from convert.download import SOURCE_MARKER, CheckpointSource, _write_source
 from fathom_desktop import paths
 from fathom_desktop.engine import planner
 from fathom_desktop.engine.planner import GpuInfo
-from fathom_desktop.gui.get_fathom import CANCELLED, GetFathomDialog, open_get_fathom
+from fathom_desktop.gui.get_fathom import GetFathomDialog, open_get_fathom
+from fathom_desktop.gui.setup_run import CANCELLED
 from fathom_desktop.model_setup import (
     FATHOM_REPO,
     STEPS,
@@ -291,6 +292,8 @@ def test_cancel_stops_a_download_and_keeps_what_was_finished(
     dialog = open_dialog(qtbot, plan)
     dialog.start_button.click()
     qtbot.waitUntil(lambda: "Downloading" in dialog.detail_label.text(), timeout=STEP_MS)
+    # The small files come first; cancel while the weights are on their way.
+    qtbot.waitUntil(lambda: (plan.checkpoint_dir / "config.json").is_file(), timeout=STEP_MS)
     dialog.cancel_button.click()
     qtbot.waitUntil(lambda: not dialog.running(), timeout=STEP_MS)
     assert dialog.error_text() == CANCELLED
@@ -300,7 +303,7 @@ def test_cancel_stops_a_download_and_keeps_what_was_finished(
     assert not (plan.checkpoint_dir / "model.safetensors").exists()
     partial = plan.checkpoint_dir / ".cache" / "huggingface" / "download"
     assert not list(partial.rglob("*.incomplete")) if partial.is_dir() else True
-    assert (plan.checkpoint_dir / "config.json").is_file()  # small files came first, and stay
+    assert (plan.checkpoint_dir / "config.json").is_file()  # finished files stay for next time
 
 
 # -- refusals -------------------------------------------------------------------------------------
