@@ -581,3 +581,36 @@ def test_a_level_chosen_before_keeps_its_reason_and_gains_the_measured_figures(
     assert text.startswith("Recommended: Q4_K_M: test Measured: ")
     assert text.endswith(".") and "% same top token as BF16, KLD " in text
     assert read_state(now).reason == text.removeprefix("Recommended: ")
+
+
+@pytest.mark.slow
+def test_a_step_killed_mid_write_leaves_no_partial_file(
+    plan: SetupPlan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancel with no time to unwind: the child is killed while it writes the BF16 (128 MB, so
+    that it is still writing), and no hidden partial file is left."""
+    import threading
+
+    from convert.atomic import partial_path
+    from convert.errors import ConversionError
+    from fathom_desktop import setup_steps
+    from fathom_desktop.model_setup import StepCancelled
+    from tests.synthetic import Qwen2Shape, TokenizerKind, build_checkpoint
+
+    shape = Qwen2Shape(n_layers=4, hidden_size=1024, intermediate_size=4096, vocab_size=1024)
+    build_checkpoint(plan.checkpoint_dir, shape=shape, tokenizer=TokenizerKind.DEMO)
+    monkeypatch.setattr(setup_steps, "CANCEL_GRACE_S", 0.0)  # killed at once
+    cancel = threading.Event()
+    writing: list[bool] = []
+
+    def report(title: str, done: int, total: int, message: str) -> None:
+        if title == "convert" and done > 0 and not cancel.is_set():
+            writing.append(partial_path(plan.bf16).exists())
+            cancel.set()
+
+    with pytest.raises((StepCancelled, ConversionError)):
+        setup_steps.run_step(plan, Step.CONVERT, None, report, cancel)
+    assert writing == [True]  # the partial file was there when the kill came
+    assert not partial_path(plan.bf16).exists()
+    assert not plan.bf16.exists()
+    assert leftovers(plan.models_dir) == []
