@@ -5,11 +5,17 @@ matrix on the shipped calibration text, makes Q4_K_M, IQ4_XS, Q3_K_M and Q2_K wi
 it, and measures every file against the BF16 on the shipped evaluation text (a different text).
 
     .venv/bin/python bench/imatrix_kld.py [--checkpoint DIR] [--chunks 50] [--imatrix-chunks 100]
+    .venv/bin/python bench/imatrix_kld.py --fathom-width 1 --chunks 8 --imatrix-chunks 16
+
+`--fathom-width N` measures a synthetic model with Fathom-R1-14B's matrix shapes and N blocks
+(bench/fathom_width.py), whose 5,120- and 13,824-wide rows take the k-quants' 256-wide blocks as
+the real model's do.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,13 +37,24 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="default: the demo model")
     parser.add_argument("--chunks", type=int, default=50, help="evaluation chunks of 512")
     parser.add_argument("--imatrix-chunks", type=int, default=100)
+    parser.add_argument("--fathom-width", type=int, metavar="BLOCKS",
+                        help="a synthetic model at Fathom's width with this many blocks")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     settings = ForwardSettings(n_gpu_layers=0, n_threads=args.threads)
-    checkpoint = args.checkpoint or demo_checkpoint()
     with tempfile.TemporaryDirectory(prefix="imatrix-bench-") as work:
         folder = Path(work)
+        if args.fathom_width:
+            from bench.fathom_width import write_fathom_width_checkpoint
+
+            checkpoint = write_fathom_width_checkpoint(
+                folder / "fathom-width-checkpoint", blocks=args.fathom_width
+            )
+        else:
+            checkpoint = args.checkpoint or demo_checkpoint()
         bf16 = convert_checkpoint(checkpoint, folder / "model-BF16.gguf", "bf16").path
+        if args.fathom_width:  # the safetensors copy is no longer needed: free the disk
+            shutil.rmtree(checkpoint)
         imatrix = compute_imatrix(
             bf16, folder / "imatrix.gguf", chunks=args.imatrix_chunks, settings=settings
         ).path

@@ -255,6 +255,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("thinking_budget", int, _SAMPLING.thinking_budget, "Thinking budget", _S,
             "Reasoning tokens after which the model is told to answer.",
             minimum=0, maximum=MAX_CONTEXT, none_label="unlimited", step=256),
+    Setting("consensus_parallel", int, None, "Samples at once", _S,
+            "Consensus ×K decodes this many samples together at most; auto takes as many as "
+            "fit in memory next to the model.",
+            minimum=1, maximum=64, none_label="auto"),
     # Prompt
     Setting("system_preset", str, SystemPreset.FATHOM_EVAL.value, "Prompt preset", _P,
             "Fathom's evaluation instruction asks for step-by-step reasoning and a boxed answer "

@@ -60,8 +60,11 @@ from fathom_desktop.engine.types import (
 class RemoteEngine:
     """ChatEngine over HTTP. Like the local engine, one generation at a time per caller."""
 
-    def __init__(self, endpoint: RemoteEndpoint) -> None:
+    def __init__(self, endpoint: RemoteEndpoint, *, interleave_samples: bool = False) -> None:
         self.endpoint = endpoint
+        # The window shows the samples side by side and takes their events as they come; a
+        # terminal prints one sample after another (SampleOrder), as the local engine does.
+        self._interleave_samples = interleave_samples
         self._client: httpx2.Client | None = None
         self._model: str | None = None
         self._report: LoadReport | None = None
@@ -388,12 +391,18 @@ class RemoteEngine:
         control = control or GenerationControl()
         if k == 1:
             return consensus(self, messages, sampling, 1, control, on_event)
-        # The samples stream at once; the caller sees them one after another, as locally.
-        order = SampleOrder(on_event) if on_event is not None else None
+        # The samples stream at once; unless the caller takes them interleaved, it sees them one
+        # after another, as locally.
+        order = (
+            SampleOrder(on_event)
+            if on_event is not None and not self._interleave_samples
+            else None
+        )
+        sink = order or on_event
         try:
             if self.kind.n_choices:
-                return self._consensus_in_one_request(messages, sampling, k, control, order)
-            return self._consensus_in_parallel(messages, sampling, k, control, order, parallel)
+                return self._consensus_in_one_request(messages, sampling, k, control, sink)
+            return self._consensus_in_parallel(messages, sampling, k, control, sink, parallel)
         finally:
             if order is not None:
                 order.flush()

@@ -179,7 +179,7 @@ class EngineChoice:
             if key and not endpoint.api_key:
                 endpoint = replace(endpoint, api_key=key)
             self._close_all()  # the local model's memory is freed while the server is used
-            remote = RemoteEngine(endpoint)
+            remote = RemoteEngine(endpoint, interleave_samples=True)
             report = remote.load()
             self._remote = remote
             return report

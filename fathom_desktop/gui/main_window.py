@@ -514,10 +514,11 @@ class MainWindow(QMainWindow):
     def consensus(self, samples: int) -> bool:
         """Sample `samples` replies to the composer's text (or the last message) and vote."""
         text = self.composer.text().strip()
+        parallel = self.store.get("consensus_parallel")  # None: the planner's choice
         if text:
             self.composer.edit.clear()
-            return self.session.send(text, samples)
-        return self.session.regenerate(samples)
+            return self.session.send(text, samples, parallel)
+        return self.session.regenerate(samples, parallel)
 
     # -- the reply as it streams ----------------------------------------------------------------
 

@@ -109,6 +109,19 @@ def test_a_cap_on_parallel_samples_is_kept(make_window, qtbot):
     assert _view(window).header.text() == "Consensus ×5 · up to 2 decoded at once"
 
 
+def test_the_samples_at_once_setting_caps_the_window_s_consensus(make_window, qtbot):
+    window = make_window(_engine(tokens_per_s=150.0, scripts=LONGER))
+    window.store.set("consensus_parallel", 3)
+    running: list[int] = []
+    window.session.consensus_progress.connect(
+        lambda _p: running.append(sum(lane.state.running for lane in _view(window).lanes))
+    )
+    _ask(window, 5)
+    wait_idle(qtbot, window)
+    assert max(running) == 3
+    assert _stored(window)[-1].stats["consensus"]["parallel"] == 3
+
+
 def test_the_vote_chart_counts_answers_as_samples_finish(make_window, qtbot):
     window = make_window(_engine())
     totals: list[int] = []

@@ -255,12 +255,15 @@ def test_consensus_is_one_request_with_n_on_vllm(make_window, qtbot) -> None:
         assert window.consensus(3)
         wait_idle(qtbot, window)
         assert len(server.requests) == 1 and server.requests[0]["n"] == 3
-        # The pane shows the samples one after another, as a local consensus does.
+        # The samples show side by side, each with its own reasoning, as a local consensus.
+        view = window.chat.assistant_messages()[-1].consensus
+        assert [lane.answer for lane in view.lanes] == ["= 6", "= 5", "= 5"]
+        assert view.chart.caption() == "Vote: 2 of 3 agree (67%) on 5"
         pane = window.chat.assistant_messages()[-1].reasoning.text()
-        assert pane.count("── sample") == 2
-        first, second, third = (pane.index(f"sample {i} thinks (0)") for i in range(3))
-        assert pane.index("sample 0 thinks (2)") < second < pane.index("sample 1 thinks (2)")
-        assert pane.index("sample 1 thinks (2)") < third and first < second
+        assert pane.strip() == " ".join(f"sample 1 thinks ({step})." for step in range(3))  # winner
+        view.select(2)
+        pane = window.chat.assistant_messages()[-1].reasoning.text()
+        assert pane.strip() == " ".join(f"sample 2 thinks ({step})." for step in range(3))
         stored = window.session.history.messages(window.session.conversation_id)[-1]
         assert stored.stats["consensus"]["answer"] == "5"
         assert stored.stats["consensus"]["votes"] == {"5": 2, "6": 1}
@@ -275,8 +278,9 @@ def test_consensus_is_k_requests_a_few_at_a_time_where_n_is_unsupported(make_win
         assert len(server.requests) == 6
         assert all("n" not in body for body in server.requests)
         assert 1 <= server.max_in_flight <= 4  # RemoteEndpoint.max_parallel
-        pane = window.chat.assistant_messages()[-1].reasoning.text()
-        assert pane.count("── sample") == 5 and pane.count(REASONING) == 6
+        view = window.chat.assistant_messages()[-1].consensus
+        assert len(view.lanes) == 6 and view.chart.caption() == "Vote: 6 of 6 agree (100%) on 5"
+        assert window.chat.assistant_messages()[-1].reasoning.text() == REASONING
         stored = window.session.history.messages(window.session.conversation_id)[-1]
         assert stored.stats["consensus"]["answer"] == "5"
 
