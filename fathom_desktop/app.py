@@ -329,6 +329,7 @@ class DemoStart(QObject):
     def _converted_model(self) -> Path | None:
         """The best level that fits of a model converted into the models folder, if any."""
         from fathom_desktop import paths
+        from fathom_desktop.engine.planner import available_host_bytes
         from fathom_desktop.gui.model_list import probe_gpu
         from fathom_desktop.start_level import choose_start_level, converted_groups
 
@@ -340,6 +341,7 @@ class DemoStart(QObject):
             n_ctx=int(self._store.get("n_ctx")),
             kv_cache_type=str(self._store.get("kv_cache_type")),
             flash_attn=self._store.get("flash_attn") is not False,
+            host_bytes=available_host_bytes(),
         )
         if found is None:
             return None

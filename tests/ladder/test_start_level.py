@@ -105,8 +105,8 @@ def test_the_lowest_kld_that_fits_fully(tmp_path: Path) -> None:
     assert group.basename == "Fathom-R1-14B"
     fitting = [q for q in KLD if fits_fully(files[q], CARD_12GB)]
     assert fitting and len(fitting) < len(KLD)  # the card makes it a real choice
-    assert choice.option.quant == min(fitting, key=KLD.get)
-    assert choice.path == files[choice.option.quant]
+    assert choice.quant == min(fitting, key=KLD.get)
+    assert choice.path == files[choice.quant]
     assert "fit fully on the GPU" in choice.reason
 
 
@@ -123,7 +123,7 @@ def test_a_bigger_card_or_a_smaller_context_moves_up_the_ladder(tmp_path: Path) 
         flash_attn=True,
     )
     assert small is not None and big is not None
-    assert KLD[big[1].option.quant] < KLD[small[1].option.quant]
+    assert KLD[big[1].quant] < KLD[small[1].quant]
 
 
 def test_unmeasured_levels_follow_the_ladder(tmp_path: Path) -> None:
@@ -133,13 +133,13 @@ def test_unmeasured_levels_follow_the_ladder(tmp_path: Path) -> None:
     )
     assert found is not None
     fitting = [q for q in KLD if fits_fully(files[q], CARD_12GB)]
-    assert found[1].option.quant == fitting[0]  # the highest level that fits
+    assert found[1].quant == fitting[0]  # the highest level that fits
 
 
 def test_without_a_gpu_the_best_level_runs_on_the_cpu(tmp_path: Path) -> None:
     converted_fathom(tmp_path)
     found = choose_start_level(tmp_path, None, n_ctx=16384, kv_cache_type="f16", flash_attn=True)
-    assert found is not None and found[1].option.quant == "Q8_0"  # not the BF16 reference
+    assert found is not None and found[1].quant == "Q8_0"  # not the BF16 reference
 
 
 def test_only_the_demo_is_no_converted_model(tmp_path: Path, demo_ladder: Path) -> None:
@@ -184,7 +184,7 @@ def test_the_app_starts_on_that_level_not_on_the_demo(qtbot, monkeypatch, window
         started.stop()
     assert window.session.report.model_path == expected[1].path
     assert expected[1].path in files.values()
-    assert window.banner.text().startswith(f"Started on Fathom-R1-14B {expected[1].option.quant}:")
+    assert window.banner.text().startswith(f"Started on Fathom-R1-14B {expected[1].quant} (")
     # Not made the user's choice: the next start chooses again (a new card, a new level).
     assert window.store.get("model_path") is None
 
