@@ -146,8 +146,9 @@ class ModelGroup:
             return "Make works on models in the models folder."
         if self.reference is None:
             return (
-                f"Needs {self.basename}-BF16.gguf (or F16) in the models folder: convert the "
-                f"checkpoint, or download it, to make other levels."
+                f"Needs {self.basename}-BF16.gguf (or F16) in the models folder to make other "
+                f"levels: convert the checkpoint (File › Open or download a model…), or for "
+                f"Fathom-R1-14B use File › Get Fathom-R1-14B…, which downloads and converts it."
             )
         return None
 
@@ -157,7 +158,8 @@ class ModelGroup:
         if self.reference is None:
             return (
                 f"Measuring compares with {self.basename}-BF16.gguf (or F16), which is not in "
-                f"the models folder: convert or download the checkpoint."
+                f"the models folder: convert the checkpoint (File › Open or download a model…), "
+                f"or for Fathom-R1-14B use File › Get Fathom-R1-14B…."
             )
         return None
 

@@ -141,6 +141,7 @@ def test_without_bf16_the_buttons_say_what_is_needed(qtbot, monkeypatch, tmp_pat
     notice = dialog.notice_label.text()
     assert dialog.notice_label.isVisible()
     assert "Fathom-R1-14B-BF16.gguf" in notice and "convert" in notice and "download" in notice
+    assert "File › Get Fathom-R1-14B…" in notice  # the one-click way in
     measure = dialog.model_list.action_button(level)
     assert measure is not None and measure.text() == NEEDS_SOURCE
     assert not ladder_jobs().running()
