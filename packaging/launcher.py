@@ -3,8 +3,9 @@
 Frozen, `sys.executable` is this launcher, not a Python interpreter. Code that starts a helper
 process with `sys.executable` must still work, so the launcher understands the two forms the app
 uses: multiprocessing's spawn children (handled by `freeze_support`), and the `python -c <code>
-<arguments>` children of the quantizer and of the engine host (handled here, for those exact codes
-only: the package is not a general-purpose interpreter).
+<arguments>` children of the quantizer, the engine host, the backend probe and the formula layout
+process (handled here, for those exact codes only: the package is not a general-purpose
+interpreter).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ def _run_helper_child(argv: list[str]) -> bool:
     from convert.quantize import _CHILD_CODE as QUANTIZER
     from fathom_desktop.engine.backend_probe import PROBE_CODE as BACKEND_PROBE
     from fathom_desktop.engine.host import CHILD_CODE as ENGINE_HOST
+    from fathom_desktop.render.layout_host import LAYOUT_CODE as FORMULA_LAYOUT
 
     code = argv[2]
-    if code not in (QUANTIZER, ENGINE_HOST, BACKEND_PROBE):
+    if code not in (QUANTIZER, ENGINE_HOST, BACKEND_PROBE, FORMULA_LAYOUT):
         return False
     # As `python -c`: sys.argv[0] is "-c" and the arguments follow.
     sys.argv = ["-c", *argv[3:]]

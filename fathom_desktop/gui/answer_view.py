@@ -44,7 +44,9 @@ from fathom_desktop.render import (
 )
 from fathom_desktop.render.document import FormulaRef
 from fathom_desktop.render.lanes import BackgroundLane, Ticket
-from fathom_desktop.render.math import MathImage, formula_images
+from fathom_desktop.render.layout_process import TooSlow
+from fathom_desktop.render.markdown import CODE_INLINE_STYLE, note_html
+from fathom_desktop.render.math import Drawn, MathImage, formula_images
 
 # GUI-thread time one event-loop pass may spend rendering answers (all of them together); one
 # piece more may start before it runs out, so a pass stays within a 60 Hz frame.
@@ -352,7 +354,7 @@ class AnswerView(AutoHeightText):
                 document.add_image(formula.url, image.image)
             elif image is None:
                 self.unrendered += 1
-            else:
+            else:  # not laid out yet, or too slow (replaced by its source once recorded)
                 waiting.append(formula)
         if rendered.html:
             cursor = QTextCursor(document)
@@ -428,16 +430,42 @@ class AnswerView(AutoHeightText):
                 fragments += 1
             block = block.next()
 
-    def _formula_ready(self, ticket: Ticket, url: str, image: MathImage | None) -> None:
+    def _formula_ready(self, ticket: Ticket, url: str, image: Drawn) -> None:
         if not ticket.wanted() or not shiboken6.isValid(self):
             return
         if image is None:
             self.unrendered += 1  # its placeholder, the source, stays
             return
+        if isinstance(image, TooSlow):
+            self._show_as_source(url)
+            return
         # Swapped in by the work loop, a few at a time: each one relayouts its paragraph.
         self._arrived[url] = image
         if not _scheduler.wants(self):
             _scheduler.want(self)
+
+    def _show_as_source(self, url: str) -> None:
+        """A formula whose layout was given up on: its objects become its source, in a code
+        style with a note, as text (it wraps, and it can be selected and copied)."""
+        positions = sorted(self._positions.pop(url, ()), reverse=True)
+        source = self.document().placeholders.get(url, "")
+        shown = (
+            f'<code style="{CODE_INLINE_STYLE}">{html.escape(source)}</code>'
+            f"&nbsp;{note_html('took too long to draw')}"
+        )
+        for position in positions:
+            cursor = QTextCursor(self.document())
+            cursor.setPosition(position)
+            cursor.setPosition(position + 1, QTextCursor.MoveMode.KeepAnchor)
+            cursor.insertHtml(shown)
+            grown = cursor.position() - position - 1
+            # Everything recorded after it moved along with the text.
+            for others in self._positions.values():
+                others[:] = [p + grown if p > position else p for p in others]
+            if self._tail_start > position:
+                self._tail_start += grown
+        self.formulas -= len(positions)
+        self.refused += len(positions)
 
     def _swap_in_images(self) -> None:
         document = self.document()
