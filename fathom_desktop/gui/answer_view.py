@@ -21,6 +21,7 @@ from functools import partial
 import shiboken6
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import (
+    QGuiApplication,
     QPalette,
     QTextBlockFormat,
     QTextCharFormat,
@@ -144,6 +145,43 @@ class _Scheduler:
 
 
 _scheduler = _Scheduler()
+
+
+class _ClipboardCopies:
+    """Answers converted to plain text on a lane, then put on the clipboard.
+
+    Converting is a Markdown parse of the whole answer, and markdown-it's time grows faster than
+    linearly with unmatched brackets and emphasis marks (an answer of 20,000 `![` took a second
+    and more). A copy that arrives after anything else was put on the clipboard (Copy LaTeX, the
+    reasoning, another program) is dropped: the later copy is the one the user meant.
+    """
+
+    def __init__(self) -> None:
+        self._changes = 0
+        self._watching = False
+        self._lane: BackgroundLane | None = None
+
+    def copy_later(self, source: str) -> None:
+        clipboard = QGuiApplication.clipboard()
+        if not self._watching:
+            self._watching = True
+            clipboard.dataChanged.connect(self._changed)
+        if self._lane is None:
+            self._lane = BackgroundLane("answer-copy")
+        mark = self._changes
+        self._lane.submit(partial(answer_to_text, source), partial(self._converted, mark, source))
+
+    def _changed(self) -> None:
+        self._changes += 1
+
+    def _converted(self, mark: int, source: str, text: object) -> None:
+        if mark != self._changes:
+            return
+        # Should the conversion fail, the answer as written is still the answer.
+        QGuiApplication.clipboard().setText(text if isinstance(text, str) else source)
+
+
+_clipboard_copies = _ClipboardCopies()
 _serials = itertools.count()
 _markdown_lane: BackgroundLane | None = None
 _parse_document: SafeDocument | None = None
@@ -260,7 +298,12 @@ class AnswerView(AutoHeightText):
         return bool(self._pending) or _scheduler.wants(self) or self._fed < len(self.source)
 
     def plain_text(self) -> str:
+        """The answer as plain text, converted here (it may take long: see copy_to_clipboard)."""
         return answer_to_text(self.source)
+
+    def copy_to_clipboard(self) -> None:
+        """Put the answer on the clipboard as plain text, converted off the GUI thread."""
+        _clipboard_copies.copy_later(self.source)
 
     # -- the work loop ------------------------------------------------------------------------
 

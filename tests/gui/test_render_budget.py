@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 import shiboken6
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
 from fathom_desktop.gui import answer_view
@@ -272,3 +273,36 @@ def test_a_slow_piece_is_parsed_off_the_gui_thread(qtbot, monkeypatch):
     qtbot.waitUntil(view.is_rendered)
     assert "markdown-parse" in parsed_on
     assert "[" * 3_000 in view.toPlainText() and "Done." in view.toPlainText()
+
+
+HOSTILE_COPY = "![" * 20_000 + "\n\nDone, so \\boxed{3}."
+
+
+def test_copying_a_hostile_answer_leaves_the_gui_thread_free(qtbot):
+    view = AnswerView()
+    qtbot.addWidget(view)
+    view.render_source(HOSTILE_COPY)
+    qtbot.waitUntil(view.is_rendered, timeout=WAIT_MS)
+    clipboard = QGuiApplication.clipboard()
+    clipboard.setText("before")
+    started = time.thread_time()
+    view.copy_to_clipboard()  # converting it where called took over a second
+    assert time.thread_time() - started < 0.05
+    qtbot.waitUntil(lambda: clipboard.text() != "before", timeout=WAIT_MS)
+    copied = clipboard.text()
+    assert copied.count("![") == 20_000 and "Done, so" in copied and "\\boxed" not in copied
+
+
+def test_a_copy_overtaken_by_a_later_one_does_not_overwrite_it(qtbot):
+    view = AnswerView()
+    qtbot.addWidget(view)
+    view.render_source(HOSTILE_COPY)
+    qtbot.waitUntil(view.is_rendered, timeout=WAIT_MS)
+    clipboard = QGuiApplication.clipboard()
+    view.copy_to_clipboard()
+    clipboard.setText("the LaTeX, copied after")  # Copy LaTeX, pressed while it converts
+    # The copy lane delivers in order: once this marker is back, the copy has been too.
+    marker: list[object] = []
+    answer_view._clipboard_copies._lane.submit(lambda: None, marker.append)
+    qtbot.waitUntil(lambda: bool(marker), timeout=WAIT_MS)
+    assert clipboard.text() == "the LaTeX, copied after"
