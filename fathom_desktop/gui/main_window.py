@@ -110,6 +110,8 @@ class MainWindow(QMainWindow):
         session.user_message_added.connect(
             lambda message_id, text: self.chat.add_user(text, message_id)
         )
+        # The composer empties only once the message is in the conversation.
+        session.user_message_added.connect(lambda _id, text: self.composer.take_sent(text))
         session.reply_started.connect(self._on_reply_started)
         session.reply_text.connect(self._on_reply_text)
         session.reply_phase.connect(self._on_reply_phase)
@@ -453,7 +455,6 @@ class MainWindow(QMainWindow):
         """Sample `samples` replies to the composer's text (or the last message) and vote."""
         text = self.composer.text().strip()
         if text:
-            self.composer.edit.clear()
             return self.session.send(text, samples)
         return self.session.regenerate(samples)
 
