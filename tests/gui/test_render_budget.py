@@ -306,3 +306,26 @@ def test_a_copy_overtaken_by_a_later_one_does_not_overwrite_it(qtbot):
     answer_view._clipboard_copies._lane.submit(lambda: None, marker.append)
     qtbot.waitUntil(lambda: bool(marker), timeout=WAIT_MS)
     assert clipboard.text() == "the LaTeX, copied after"
+
+
+def test_opening_a_saved_conversation_with_hostile_answers_keeps_the_window_free(
+    make_window, qtbot, gui_cpu, tmp_path
+):
+    from fathom_desktop.history import History, MessageStatus
+
+    path = tmp_path / "history.sqlite3"
+    answers = [CASES[name] + ENDING for name in list(CASES)[:7]]  # the formulas that froze it
+    with History(path) as history:
+        conversation = history.create_conversation("Hostile")
+        for answer in answers:
+            history.add_user_message(conversation, "Simplify it.")
+            reply = history.begin_assistant_message(conversation, None, None, None)
+            history.finish_assistant_message(reply, "", answer, None, MessageStatus.COMPLETE)
+    window = make_window(history_path=path)  # opens the newest conversation, as at start
+    views = [message.answer for message in window.chat.assistant_messages()]
+    assert len(views) == len(answers)
+    qtbot.waitUntil(lambda: all(view.is_rendered() for view in views), timeout=WAIT_MS)
+    for view, name in zip(views, list(CASES)[:7], strict=True):
+        _check_complete(view, name)
+    worst = max(gui_cpu)
+    assert worst[0] < GUI_CALL_CPU_LIMIT_S, f"{worst[0]:.3f} s in one call of {worst[1]}"
