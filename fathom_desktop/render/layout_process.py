@@ -145,6 +145,15 @@ class LayoutService(QObject):
     def idle(self) -> bool:
         return self._current is None
 
+    def ready(self) -> bool:
+        """A child is up and has loaded ziamath."""
+        return self._ready
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id."""
+        return self._child.process.pid if self._child is not None else None
+
     def warm_up(self) -> None:
         """Start the child now, so that the first formula does not wait for it."""
         if self._child is None and self._failed_starts < MAX_FAILED_STARTS:

@@ -5,14 +5,16 @@ child that dies costs nothing but a restart."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
 from fathom_desktop.gui.answer_view import AnswerView
 from fathom_desktop.render import layout_process
 from fathom_desktop.render.formula_image import MathStyle
-from fathom_desktop.render.layout_process import LayoutProcess, TooSlow
-from fathom_desktop.render.math import formula_images, formula_refusal
+from fathom_desktop.render.lanes import Ticket
+from fathom_desktop.render.layout_process import MAX_FAILED_STARTS, LayoutProcess, TooSlow
+from fathom_desktop.render.math import FormulaImages, formula_images, formula_refusal
 from tests.conftest import PROJECT_ROOT
 from tests.gui.test_render import formula_objects
 
@@ -33,6 +35,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _alive_child(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _settled(view: AnswerView) -> bool:
     return view.is_rendered() and formula_images().pending() == 0
 
@@ -40,8 +51,8 @@ def _settled(view: AnswerView) -> bool:
 def test_a_formula_past_its_time_is_stopped_and_shown_as_source_with_a_note(qtbot, monkeypatch):
     service = formula_images().service
     service.warm_up()
-    qtbot.waitUntil(lambda: service._ready, timeout=WAIT_MS)
-    first_child = service._child.process.pid
+    qtbot.waitUntil(service.ready, timeout=WAIT_MS)
+    first_child = service.pid
     monkeypatch.setattr(service, "timeout_s", 0.05)
     slow = slow_formula("w_{1}")
     assert formula_refusal(slow) is None  # the static bound lets it through
@@ -72,9 +83,9 @@ def test_a_formula_past_its_time_is_stopped_and_shown_as_source_with_a_note(qtbo
 def test_a_layout_process_killed_from_outside_costs_no_formula(qtbot):
     service = formula_images().service
     service.warm_up()
-    qtbot.waitUntil(lambda: service._ready, timeout=WAIT_MS)
-    service._child.process.kill()
-    service._child.process.wait()
+    qtbot.waitUntil(service.ready, timeout=WAIT_MS)
+    os.kill(service.pid, signal.SIGKILL)
+    qtbot.waitUntil(lambda: not _alive_child(service.pid), timeout=WAIT_MS)
     view = AnswerView()
     qtbot.addWidget(view)
     view.render_source("After the crash: $\\sqrt{c_{9}}$.")
@@ -127,3 +138,17 @@ def test_the_waiting_client_stops_a_slow_formula_too() -> None:
         assert drawn is not None and not isinstance(drawn, TooSlow)
     finally:
         process.close()
+
+
+def test_a_layout_process_that_cannot_start_leaves_formulas_as_source(qtbot, monkeypatch):
+    # A packaged app whose launcher did not know the layout code: the child exits at once.
+    monkeypatch.setattr(layout_process, "interpreter", lambda: [sys.executable, "-c", "", "--"])
+    images = FormulaImages()
+    drawn: list[object] = []
+    for index in range(5):
+        key = (f"y_{{{index}}}", False, STYLE)
+        images.request(key, Ticket(), drawn.append)
+    qtbot.waitUntil(lambda: len(drawn) == 5, timeout=WAIT_MS)
+    assert drawn == [None] * 5  # each shows its source, as a formula ziamath cannot parse
+    # It gave up after a few starts rather than starting a process for every formula.
+    assert images.service.starts == MAX_FAILED_STARTS
