@@ -27,6 +27,7 @@ import os
 import select
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -102,8 +103,11 @@ class _Child:
         write_frame(self.requests, json.dumps(request).encode("utf-8"))
 
     def kill(self) -> None:
+        if self.requests < 0:
+            return  # already done
         for fd in (self.requests, self.replies):
             os.close(fd)
+        self.requests = self.replies = -1
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
@@ -333,6 +337,8 @@ class LayoutProcess:
             child.kill()
             raise OSError("the formula layout process did not start") from None
         self._child = child
+        # A caller that forgets close() does not leave the child running until the app exits.
+        weakref.finalize(self, child.kill)
         return child
 
 
