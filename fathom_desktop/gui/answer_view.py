@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import shiboken6
-from PySide6.QtCore import QEvent, QSize, Qt, QTimer
+from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import (
     QGuiApplication,
     QPalette,
@@ -29,14 +29,7 @@ from PySide6.QtGui import (
     QTextDocument,
     QTextDocumentFragment,
 )
-from PySide6.QtWidgets import (
-    QApplication,
-    QFrame,
-    QScrollArea,
-    QSizePolicy,
-    QTextEdit,
-    QWidget,
-)
+from PySide6.QtWidgets import QFrame, QSizePolicy, QTextEdit, QWidget
 
 from fathom_desktop.render import (
     AnswerBudget,
@@ -96,15 +89,6 @@ class AutoHeightText(QTextEdit):
         height = math.ceil(self.document().size().height()) + 2 * self.frameWidth() + 2
         if height != self.height():
             self.setFixedHeight(height)
-            # The layout request that moves what sits below (the message's buttons) would come
-            # a pass later, while a long answer grows on every pass: the buttons would cover
-            # its text until it stops growing. The transcript is laid out again now instead.
-            area = self.parentWidget()
-            while area is not None and not isinstance(area, QScrollArea):
-                area.updateGeometry()  # its size hint, cached by the layout holding it, is stale
-                area = area.parentWidget()
-            if area is not None:
-                QApplication.sendEvent(area, QEvent(QEvent.Type.LayoutRequest))
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
         return QSize(super().sizeHint().width(), self.height())
