@@ -219,12 +219,30 @@ def _build_windows(qt_version: str) -> str:
             if about.grab().isNull():
                 raise SelfTestFailure(Step.GUI, "the About dialog did not render")
             about.close()
+            _check_formula_layout()
         finally:
             window.shutdown()
             window.close()
             history.close()
             app.processEvents()
     return qt_version
+
+
+def _check_formula_layout() -> None:
+    """Formulas are drawn by a child process (render/layout_process.py): this copy must be able
+    to start it (in the package, the launcher runs its `-c` code) and get an image back."""
+    from fathom_desktop.render.math import MathRenderer, MathStyle, TooSlow
+
+    style = MathStyle(font_px=16, color="#000000", x_height=8, highlight="#400000ff")
+    renderer = MathRenderer()
+    try:
+        drawn = renderer.render("\\frac{1}{2}", True, style)
+    except OSError as error:
+        raise SelfTestFailure(Step.GUI, f"formulas cannot be drawn ({error})") from None
+    finally:
+        renderer.close()
+    if drawn is None or isinstance(drawn, TooSlow) or drawn.image.isNull():
+        raise SelfTestFailure(Step.GUI, "the formula layout process drew nothing")
 
 
 def _guarded(step: Step, action: Callable[[], T]) -> T:

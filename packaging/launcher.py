@@ -3,9 +3,9 @@
 Frozen, `sys.executable` is this launcher, not a Python interpreter. Code that starts a helper
 process with `sys.executable` must still work, so the launcher understands the two forms the app
 uses: multiprocessing's spawn children (handled by `freeze_support`), and the `python -c <code>
-<arguments>` children of the quantizer, the engine host, the backend probe and the settings
-dialog's Make/Measure worker (handled here, for those exact codes only: the package is not a
-general-purpose interpreter).
+<arguments>` children of the quantizer, the engine host, the backend probe, the settings dialog's
+Make/Measure worker and the formula layout process (handled here, for those exact codes only: the
+package is not a general-purpose interpreter).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ def _run_helper_child(argv: list[str]) -> bool:
     from fathom_desktop.engine.backend_probe import PROBE_CODE as BACKEND_PROBE
     from fathom_desktop.engine.host import CHILD_CODE as ENGINE_HOST
     from fathom_desktop.level_jobs import CHILD_CODE as LEVEL_WORKER
+    from fathom_desktop.render.layout_host import LAYOUT_CODE as FORMULA_LAYOUT
 
     code = argv[2]
-    if code not in (QUANTIZER, ENGINE_HOST, BACKEND_PROBE, LEVEL_WORKER):
+    if code not in (QUANTIZER, ENGINE_HOST, BACKEND_PROBE, LEVEL_WORKER, FORMULA_LAYOUT):
         return False
     # As `python -c`: sys.argv[0] is "-c" and the arguments follow.
     sys.argv = ["-c", *argv[3:]]

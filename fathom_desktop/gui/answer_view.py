@@ -21,6 +21,7 @@ from functools import partial
 import shiboken6
 from PySide6.QtCore import QSize, Qt, QTimer
 from PySide6.QtGui import (
+    QGuiApplication,
     QPalette,
     QTextBlockFormat,
     QTextCharFormat,
@@ -44,7 +45,9 @@ from fathom_desktop.render import (
 )
 from fathom_desktop.render.document import FormulaRef
 from fathom_desktop.render.lanes import BackgroundLane, Ticket
-from fathom_desktop.render.math import MathImage, formula_images
+from fathom_desktop.render.layout_process import TooSlow
+from fathom_desktop.render.markdown import CODE_INLINE_STYLE, note_html
+from fathom_desktop.render.math import Drawn, MathImage, formula_images
 
 # GUI-thread time one event-loop pass may spend rendering answers (all of them together); one
 # piece more may start before it runs out, so a pass stays within a 60 Hz frame.
@@ -142,6 +145,43 @@ class _Scheduler:
 
 
 _scheduler = _Scheduler()
+
+
+class _ClipboardCopies:
+    """Answers converted to plain text on a lane, then put on the clipboard.
+
+    Converting is a Markdown parse of the whole answer, and markdown-it's time grows faster than
+    linearly with unmatched brackets and emphasis marks (an answer of 20,000 `![` took a second
+    and more). A copy that arrives after anything else was put on the clipboard (Copy LaTeX, the
+    reasoning, another program) is dropped: the later copy is the one the user meant.
+    """
+
+    def __init__(self) -> None:
+        self._changes = 0
+        self._watching = False
+        self._lane: BackgroundLane | None = None
+
+    def copy_later(self, source: str) -> None:
+        clipboard = QGuiApplication.clipboard()
+        if not self._watching:
+            self._watching = True
+            clipboard.dataChanged.connect(self._changed)
+        if self._lane is None:
+            self._lane = BackgroundLane("answer-copy")
+        mark = self._changes
+        self._lane.submit(partial(answer_to_text, source), partial(self._converted, mark, source))
+
+    def _changed(self) -> None:
+        self._changes += 1
+
+    def _converted(self, mark: int, source: str, text: object) -> None:
+        if mark != self._changes:
+            return
+        # Should the conversion fail, the answer as written is still the answer.
+        QGuiApplication.clipboard().setText(text if isinstance(text, str) else source)
+
+
+_clipboard_copies = _ClipboardCopies()
 _serials = itertools.count()
 _markdown_lane: BackgroundLane | None = None
 _parse_document: SafeDocument | None = None
@@ -258,7 +298,12 @@ class AnswerView(AutoHeightText):
         return bool(self._pending) or _scheduler.wants(self) or self._fed < len(self.source)
 
     def plain_text(self) -> str:
+        """The answer as plain text, converted here (it may take long: see copy_to_clipboard)."""
         return answer_to_text(self.source)
+
+    def copy_to_clipboard(self) -> None:
+        """Put the answer on the clipboard as plain text, converted off the GUI thread."""
+        _clipboard_copies.copy_later(self.source)
 
     # -- the work loop ------------------------------------------------------------------------
 
@@ -352,7 +397,7 @@ class AnswerView(AutoHeightText):
                 document.add_image(formula.url, image.image)
             elif image is None:
                 self.unrendered += 1
-            else:
+            else:  # not laid out yet, or too slow (replaced by its source once recorded)
                 waiting.append(formula)
         if rendered.html:
             cursor = QTextCursor(document)
@@ -428,16 +473,42 @@ class AnswerView(AutoHeightText):
                 fragments += 1
             block = block.next()
 
-    def _formula_ready(self, ticket: Ticket, url: str, image: MathImage | None) -> None:
+    def _formula_ready(self, ticket: Ticket, url: str, image: Drawn) -> None:
         if not ticket.wanted() or not shiboken6.isValid(self):
             return
         if image is None:
             self.unrendered += 1  # its placeholder, the source, stays
             return
+        if isinstance(image, TooSlow):
+            self._show_as_source(url)
+            return
         # Swapped in by the work loop, a few at a time: each one relayouts its paragraph.
         self._arrived[url] = image
         if not _scheduler.wants(self):
             _scheduler.want(self)
+
+    def _show_as_source(self, url: str) -> None:
+        """A formula whose layout was given up on: its objects become its source, in a code
+        style with a note, as text (it wraps, and it can be selected and copied)."""
+        positions = sorted(self._positions.pop(url, ()), reverse=True)
+        source = self.document().placeholders.get(url, "")
+        shown = (
+            f'<code style="{CODE_INLINE_STYLE}">{html.escape(source)}</code>'
+            f"&nbsp;{note_html('took too long to draw')}"
+        )
+        for position in positions:
+            cursor = QTextCursor(self.document())
+            cursor.setPosition(position)
+            cursor.setPosition(position + 1, QTextCursor.MoveMode.KeepAnchor)
+            cursor.insertHtml(shown)
+            grown = cursor.position() - position - 1
+            # Everything recorded after it moved along with the text.
+            for others in self._positions.values():
+                others[:] = [p + grown if p > position else p for p in others]
+            if self._tail_start > position:
+                self._tail_start += grown
+        self.formulas -= len(positions)
+        self.refused += len(positions)
 
     def _swap_in_images(self) -> None:
         document = self.document()

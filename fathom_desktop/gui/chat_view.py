@@ -281,7 +281,7 @@ class AssistantMessage(QFrame):
     # -- clipboard ----------------------------------------------------------------------------
 
     def copy_text(self) -> None:
-        QGuiApplication.clipboard().setText(self.answer.plain_text())
+        self.answer.copy_to_clipboard()
 
     def copy_latex(self) -> None:
         QGuiApplication.clipboard().setText(self.answer.source)

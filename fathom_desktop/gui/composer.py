@@ -81,11 +81,16 @@ class Composer(QWidget):
     def set_text(self, text: str) -> None:
         self.edit.setPlainText(text)
 
+    def take_sent(self, text: str) -> None:
+        """`text` is in the conversation now: it leaves the composer. Until then it stays, so
+        a message the history could not take is still here to send again."""
+        if self.edit.toPlainText().strip() == text:
+            self.edit.clear()
+
     def _send(self) -> None:
         text = self.edit.toPlainText().strip()
         if not text or self.mode is not ComposerMode.READY:
             return
-        self.edit.clear()
         self.send_requested.emit(text)
 
     def _answer_now(self) -> None:

@@ -292,17 +292,26 @@ class FirstRunDialog(QDialog):
         if name:
             self.open_gguf(Path(name))
 
-    def open_gguf(self, path: Path) -> bool:
-        """Accept the dialog with `path` if it is a usable model; otherwise say why not."""
-        try:
-            check_model_file(path)
-        except ModelFileError as error:
-            self._show_error(str(error))
-            return False
-        self.chosen_path = path.absolute()
+    def open_gguf(self, path: Path) -> None:
+        """Accept the dialog with `path` once its header is read and it is a usable model;
+        otherwise say why not. The header is read in the background (a slow or network disk
+        must not freeze the dialog); `busy()` is true until then."""
         self._show_error("")
+        self.open_button.setEnabled(False)
+        self._background.run(
+            lambda: check_model_file(path),
+            lambda _info: self._gguf_checked(path, None),
+            lambda error: self._gguf_checked(path, error),
+        )
+
+    def _gguf_checked(self, path: Path, error: BaseException | None) -> None:
+        self.open_button.setEnabled(True)
+        if error is not None:
+            reason = str(error) if isinstance(error, ModelFileError) else None
+            self._show_error(reason or f"{path.name} cannot be read ({error}).")
+            return
+        self.chosen_path = path.absolute()
         self.accept()
-        return True
 
     def _choose_existing(self) -> None:
         self._offer_models(None, "Models found in the models folder:")

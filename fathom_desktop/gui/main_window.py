@@ -123,6 +123,8 @@ class MainWindow(QMainWindow):
         session.user_message_added.connect(
             lambda message_id, text: self.chat.add_user(text, message_id)
         )
+        # The composer empties only once the message is in the conversation.
+        session.user_message_added.connect(lambda _id, text: self.composer.take_sent(text))
         session.reply_started.connect(self._on_reply_started)
         session.reply_text.connect(self._on_reply_text)
         session.consensus_progress.connect(self._on_consensus_progress)
@@ -516,7 +518,6 @@ class MainWindow(QMainWindow):
         text = self.composer.text().strip()
         parallel = self.store.get("consensus_parallel")  # None: the planner's choice
         if text:
-            self.composer.edit.clear()
             return self.session.send(text, samples, parallel)
         return self.session.regenerate(samples, parallel)
 

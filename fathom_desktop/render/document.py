@@ -172,10 +172,11 @@ class _FormulaObjects(QPyTextObject):
         self._document = document
 
     def intrinsicSize(self, document, position, text_format) -> QSizeF:  # noqa: N802 - Qt's
+        # Called for every formula of a paragraph each time it is laid out: kept short.
         image_format = text_format.toImageFormat()
-        image = self._document.images.get(image_format.name())
-        if image is not None:
-            return image.deviceIndependentSize()
+        size = self._document.sizes.get(image_format.name())
+        if size is not None:
+            return size
         return QSizeF(max(image_format.width(), 0.0), max(image_format.height(), 0.0))
 
     def drawObject(self, painter, rect, document, position, text_format) -> None:  # noqa: N802
@@ -191,7 +192,7 @@ class _FormulaObjects(QPyTextObject):
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(QColor(128, 128, 128, 38))
         painter.drawRoundedRect(rect, 2, 2)
-        font = code_font(document.defaultFont())
+        font = self._document.placeholder_font()
         painter.setFont(font)
         painter.setPen(self._document.text_color)
         inner = QRectF(rect).adjusted(4, 0, -4, 0)
@@ -207,8 +208,10 @@ class SafeDocument(QTextDocument):
         super().__init__(parent)
         # url -> formula source, drawn until the formula's image is registered
         self.placeholders: dict[str, str] = {}
-        # url -> formula image; Qt asks for sizes many times per layout, a dict answers fastest
+        # url -> formula image, and its size: Qt asks for sizes many times per layout
         self.images: dict[str, QImage] = {}
+        self.sizes: dict[str, QSizeF] = {}
+        self._placeholder_font: tuple[QFont, QFont] | None = None  # (default font, code font)
         self.text_color = QColor("black")
         self._objects = _FormulaObjects(self)
         self.documentLayout().registerHandler(QTextFormat.ObjectTypes.ImageObject, self._objects)
@@ -216,12 +219,21 @@ class SafeDocument(QTextDocument):
     def add_image(self, url: str, image: QImage) -> None:
         """Registers a formula's image: it is drawn in place of its placeholder."""
         self.images[url] = image
+        self.sizes[url] = image.deviceIndependentSize()
         self.addResource(QTextDocument.ResourceType.ImageResource, QUrl(url), image)
 
     def clear(self) -> None:
         super().clear()
         self.placeholders.clear()
         self.images.clear()
+        self.sizes.clear()
+
+    def placeholder_font(self) -> QFont:
+        """The code font placeholders are drawn in (looked up once per default font)."""
+        default = self.defaultFont()
+        if self._placeholder_font is None or self._placeholder_font[0] != default:
+            self._placeholder_font = (default, code_font(default))
+        return self._placeholder_font[1]
 
     def loadResource(self, type: int, name: QUrl) -> object:  # noqa: A002 - Qt's signature
         return None

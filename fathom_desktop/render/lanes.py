@@ -1,8 +1,9 @@
 """Background lanes: one thread each, running jobs in order and answering on the GUI thread.
 
-Rendering uses them for work that can take longer than a frame (laying out a formula, parsing
-a hostile piece of Markdown). The jobs are pure Python or QImage/QPainter work, which Qt allows
-off the GUI thread; their results are handed to a callback on the GUI thread, where widgets live.
+Rendering uses them for work that can take longer than a frame (parsing a hostile piece of
+Markdown, turning an answer into plain text for Copy). The jobs are pure Python; their results are
+handed to a callback on the GUI thread, where widgets live. Formulas do not use a lane: their
+layout is the heaviest pure-Python work, so it runs in a process of its own (layout_process.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ log = logging.getLogger(__name__)
 
 # A lane runs pure Python, holding the GIL; each time the GUI thread comes back from Qt (every
 # layout callback of a formula object is one such time) it may wait up to one switch interval for
-# it, 5 ms by default. 0.2 ms cut the worst stall with 1,500 formulas arriving from 150 ms to 70 ms
-# (bench/render_worst_case.py) at no measurable cost to the lanes' throughput.
+# it, 5 ms by default. 0.2 ms cut the worst stall with 1,500 formulas arriving, when they were
+# laid out on a lane, from 150 ms to 70 ms (bench/render_worst_case.py) at no measurable cost to
+# the lanes' throughput.
 SWITCH_INTERVAL_S = 0.0002
 
 

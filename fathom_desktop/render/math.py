@@ -1,59 +1,41 @@
-"""LaTeX to images: ziamath lays the formula out as SVG (pure Python, its own STIX math font),
-QtSvg paints it into a QImage that a QTextDocument can show inline.
+"""LaTeX to images: ziamath lays the formula out as SVG (pure Python, its own STIX math font)
+in the formula layout process (render/layout_process.py), and QtSvg paints the SVG into a QImage
+that a QTextDocument can show inline.
 
 No browser engine and no TeX installation are involved; the three pure-Python packages add about
-4 MB. A formula ziamath cannot parse yields None and the caller shows its source instead.
+4 MB. A formula ziamath cannot parse yields None and the caller shows its source instead; one
+whose layout runs past its time yields TooSlow, and the caller shows its source with a note.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import re
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
-from PySide6.QtCore import QByteArray, QRectF, Qt
-from PySide6.QtGui import QColor, QImage, QPainter
-from PySide6.QtSvg import QSvgRenderer
+from fathom_desktop.render.formula_image import MathImage, MathStyle, is_final_answer
+from fathom_desktop.render.lanes import Ticket
+from fathom_desktop.render.layout_process import Drawn, LayoutProcess, LayoutService, TooSlow
 
-from fathom_desktop.render.lanes import BackgroundLane, NoResult, Ticket
+__all__ = [
+    "Drawn",
+    "FormulaImages",
+    "MathImage",
+    "MathRenderer",
+    "MathStyle",
+    "TooSlow",
+    "formula_images",
+    "formula_refusal",
+    "formula_work",
+    "is_final_answer",
+    "start_warm_up",
+]
 
-log = logging.getLogger(__name__)
-
-_VIEWBOX = re.compile(r'viewBox="([-\d.e]+) ([-\d.e]+) ([-\d.e]+) ([-\d.e]+)"')
-_CACHE_SIZE = 512
-# ziamath keeps module-level font caches; one caller at a time (the layout lane, the warm-up).
-_ziamath_lock = threading.Lock()
-_warm_up_started = False
-
-
-@dataclass(frozen=True)
-class MathStyle:
-    font_px: float  # size of the surrounding text, in logical pixels
-    color: str  # "#rrggbb"
-    # Where Qt centres an inline object (AlignMiddle) is half the x-height above the baseline;
-    # the image is padded so that the formula's own baseline lands on the text baseline.
-    x_height: float
-    # Background behind formulas holding \boxed{}, so the final answer stands out.
-    highlight: str
-    device_pixel_ratio: float = 2.0
-
-
-@dataclass(frozen=True)
-class MathImage:
-    image: QImage
-    width: float  # logical pixels
-    height: float
-    # True when the image is padded for Qt's AlignMiddle (inline formulas).
-    centred_on_baseline: bool
-
-
-def is_final_answer(tex: str) -> bool:
-    return "\\boxed" in tex
+# Formulas remembered (their images, or that they could not be drawn), and the most image bytes
+# kept for them: an answer's images are held by its document anyway, this spares the layouts.
+_CACHE_SIZE = 2_048
+_CACHE_BYTES = 64 << 20
 
 
 # ziamath lays out every group of a formula about twice per level of nesting, so its time
@@ -102,42 +84,57 @@ def formula_refusal(tex: str) -> str | None:
 
 
 class MathRenderer:
-    """Renders formulas where it is called, remembering recent ones."""
+    """Lays formulas out and waits for them, remembering recent ones: for code that may block
+    (the self-test, tests). The window uses FormulaImages."""
 
     def __init__(self) -> None:
-        self._cache: OrderedDict[tuple[str, bool, MathStyle], MathImage | None] = OrderedDict()
+        self._cache: OrderedDict[FormulaKey, Drawn] = OrderedDict()
+        self._process = LayoutProcess()
 
-    def render(self, tex: str, display: bool, style: MathStyle) -> MathImage | None:
+    def render(self, tex: str, display: bool, style: MathStyle) -> Drawn:
         key = (tex, display, style)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        image = _render(tex, display, style)
+        image = self._process.draw(tex, display, style)
         self._cache[key] = image
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return image
 
+    def close(self) -> None:
+        self._process.close()
+
 
 FormulaKey = tuple[str, bool, MathStyle]
+Deliver = Callable[[Drawn], None]
 
 
 class FormulaImages:
-    """Formula images laid out on a background lane, cached by (tex, display, style).
+    """Formula images from the layout process, cached by (tex, display, style).
 
     `request` hands the image to its callback on the GUI thread: at once when cached, later
-    otherwise. A request whose ticket is cancelled before its turn (the answer showing it was
-    closed) is skipped.
+    otherwise. Formulas are laid out newest first (the formulas just streamed, or those of the
+    answer at the bottom of a conversation just opened, are the ones on screen); one whose
+    answers were all closed before its turn (their tickets cancelled) is skipped.
     """
 
-    def __init__(self, lane: BackgroundLane) -> None:
-        self._lane = lane
-        self._cache: OrderedDict[FormulaKey, MathImage | None] = OrderedDict()
-        self._waiting: dict[FormulaKey, list[tuple[Ticket, Callable[[MathImage | None], None]]]]
-        self._waiting = {}
+    def __init__(self) -> None:
+        self._cache: OrderedDict[FormulaKey, Drawn] = OrderedDict()
+        self._cache_bytes = 0
+        self._waiting: dict[FormulaKey, list[tuple[Ticket, Deliver]]] = {}
+        self._queue: list[FormulaKey] = []  # not sent yet; the last is the newest
+        self._service = LayoutService(self._arrived)
 
-    def cached(self, key: FormulaKey) -> MathImage | None | Literal[False]:
-        """The image (None: ziamath cannot draw it), or False when not laid out yet."""
+    @property
+    def service(self) -> LayoutService:
+        return self._service
+
+    def warm_up(self) -> None:
+        self._service.warm_up()
+
+    def cached(self, key: FormulaKey) -> Drawn | Literal[False]:
+        """What became of the formula (see Drawn), or False when not laid out yet."""
         if key not in self._cache:
             return False
         self._cache.move_to_end(key)
@@ -147,9 +144,7 @@ class FormulaImages:
         """Formulas asked for and not laid out yet."""
         return len(self._waiting)
 
-    def request(
-        self, key: FormulaKey, ticket: Ticket, deliver: Callable[[MathImage | None], None]
-    ) -> None:
+    def request(self, key: FormulaKey, ticket: Ticket, deliver: Deliver) -> None:
         found = self.cached(key)
         if found is not False:
             deliver(found)
@@ -159,35 +154,31 @@ class FormulaImages:
             waiters.append((ticket, deliver))
             return
         self._waiting[key] = [(ticket, deliver)]
-        # The lane reads the waiters' tickets: a job nobody waits for any more is skipped.
-        job_ticket = _AnyTicket(self._waiting[key])
-        self._lane.submit(
-            lambda: _render(*key), lambda image: self._arrived(key, image), job_ticket
-        )
+        self._queue.append(key)
+        self._next()
 
-    def _arrived(self, key: FormulaKey, image: MathImage | None | NoResult) -> None:
-        waiters = self._waiting.pop(key, [])
-        if isinstance(image, NoResult) and image.reason == "cancelled":
-            return
-        drawn = image if isinstance(image, MathImage) else None
+    def _next(self) -> None:
+        while self._queue and self._service.idle():
+            key = self._queue.pop()
+            if any(ticket.wanted() for ticket, _ in self._waiting.get(key, ())):
+                self._service.lay_out(key, *key)
+            else:
+                self._waiting.pop(key, None)  # every answer that wanted it was closed
+
+    def _arrived(self, key: FormulaKey, drawn: Drawn) -> None:
+        # Too slow once is too slow again: kept, so that it is not laid out (and killed) twice.
         self._cache[key] = drawn
-        if len(self._cache) > _CACHE_SIZE:
-            self._cache.popitem(last=False)
-        for ticket, deliver in waiters:
+        self._cache_bytes += _bytes(drawn)
+        while len(self._cache) > _CACHE_SIZE or self._cache_bytes > _CACHE_BYTES:
+            self._cache_bytes -= _bytes(self._cache.popitem(last=False)[1])
+        for ticket, deliver in self._waiting.pop(key, []):
             if ticket.wanted():
                 deliver(drawn)
+        self._next()
 
 
-class _AnyTicket(Ticket):
-    """Wanted while any of the answers waiting for one formula is."""
-
-    def __init__(self, waiters: list[tuple[Ticket, Callable[[MathImage | None], None]]]) -> None:
-        super().__init__()
-        self._waiters = waiters
-
-    def wanted(self) -> bool:
-        # Read on the lane's thread while the GUI may append: a copy is a consistent snapshot.
-        return any(ticket.wanted() for ticket, _ in list(self._waiters))
+def _bytes(drawn: Drawn) -> int:
+    return drawn.image.sizeInBytes() if isinstance(drawn, MathImage) else 0
 
 
 _formula_images: FormulaImages | None = None
@@ -197,79 +188,14 @@ def formula_images() -> FormulaImages:
     """The process's formula images (created on the GUI thread, on first use)."""
     global _formula_images
     if _formula_images is None:
-        # Newest first: the formulas just streamed, or those of the answer at the bottom of a
-        # conversation just opened, are the ones on screen.
-        _formula_images = FormulaImages(BackgroundLane("formula-layout", newest_first=True))
+        _formula_images = FormulaImages()
     return _formula_images
 
 
 def start_warm_up() -> None:
-    """Load ziamath and its font in a background thread, once per process.
+    """Start the formula layout process now (on the GUI thread; it returns at once).
 
-    The first formula otherwise costs the GUI thread about half a second, typically at the end of
-    the first answer. This is pure Python (no Qt objects), so it may run off the GUI thread.
+    The first formula otherwise waits about half a second for it (Python, ziamath and its font
+    tables), typically at the end of the first answer.
     """
-    global _warm_up_started
-    if _warm_up_started:
-        return
-    _warm_up_started = True
-    style = MathStyle(font_px=16, color="#000000", x_height=8, highlight="#00000000")
-    threading.Thread(
-        target=_svg, args=("\\frac{1}{2}", True, style), name="math-warm-up", daemon=True
-    ).start()
-
-
-def _svg(tex: str, display: bool, style: MathStyle) -> str | None:
-    size = style.font_px * (1.1 if display else 1.0)
-    with _ziamath_lock:
-        import ziamath  # imported late: it loads its font tables (~0.5 s) on first use
-
-        # SVG 1.1: QtSvg draws SVG Tiny, which has no <symbol>, so SVG 2 glyphs come out blank.
-        ziamath.config.svg2 = False
-        try:
-            return ziamath.Latex(tex, size=size, color=style.color, inline=not display).svg()
-        except Exception as error:  # ziamath raises many kinds on TeX it does not know
-            log.info("cannot render formula %r: %s", tex, error)
-            return None
-
-
-def _render(tex: str, display: bool, style: MathStyle) -> MathImage | None:
-    svg = _svg(tex, display, style)
-    if svg is None:
-        return None
-    box = _VIEWBOX.search(svg)
-    renderer = QSvgRenderer(QByteArray(svg.encode("utf-8")))
-    if box is None or not renderer.isValid():
-        return None
-    _, min_y, width, height = (float(value) for value in box.groups())
-    ascent = -min_y  # ziamath puts the baseline at y = 0
-    descent = height - ascent
-    pad_top = pad_bottom = 0.0
-    if not display:
-        # Pad so that ascent - descent equals the x-height: AlignMiddle then puts the baseline
-        # on the text's baseline.
-        padded_ascent = max(ascent, descent + style.x_height)
-        padded_descent = padded_ascent - style.x_height
-        pad_top, pad_bottom = padded_ascent - ascent, padded_descent - descent
-    margin = 2.0 if is_final_answer(tex) else 0.0
-    logical_w = width + 2 * margin
-    logical_h = height + pad_top + pad_bottom + 2 * margin
-
-    ratio = style.device_pixel_ratio
-    image = QImage(
-        math.ceil(logical_w * ratio),
-        math.ceil(logical_h * ratio),
-        QImage.Format.Format_ARGB32_Premultiplied,
-    )
-    image.fill(Qt.GlobalColor.transparent)
-    painter = QPainter(image)
-    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-    painter.scale(ratio, ratio)
-    if margin:
-        painter.setPen(Qt.PenStyle.NoPen)
-        painter.setBrush(QColor(style.highlight))
-        painter.drawRoundedRect(QRectF(0, pad_top, logical_w, height + 2 * margin), 3, 3)
-    renderer.render(painter, QRectF(margin, pad_top + margin, width, height))
-    painter.end()
-    image.setDevicePixelRatio(ratio)
-    return MathImage(image, logical_w, logical_h, centred_on_baseline=not display)
+    formula_images().warm_up()

@@ -47,3 +47,15 @@ def corpus() -> dict[str, str]:
             for i in range(0, 1_500, 10)
         ),
     }
+
+
+def worst_case() -> str:
+    """Every case of the corpus in one answer, each closed off so that the next still renders
+    (the open fence, `$$` and `\\[` cases would otherwise swallow the rest), then ENDING."""
+    closers = {
+        "open fence, 59 kB": "\n```\n",
+        "open $$, 59 kB": "\n$$\n",
+        "open \\[, 59 kB": "\n\\]\n",
+    }
+    parts = [case + closers.get(name, "") for name, case in corpus().items()]
+    return "\n\n".join(parts) + ENDING

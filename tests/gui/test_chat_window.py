@@ -372,7 +372,7 @@ def test_copy_answer_as_text_and_as_latex(make_window, qtbot):
     wait_idle(qtbot, window)
     reply = window.chat.assistant_messages()[-1]
     qtbot.mouseClick(reply.copy_button, Qt.MouseButton.LeftButton)
-    assert QGuiApplication.clipboard().text().strip() == "So x is x²."
+    qtbot.waitUntil(lambda: QGuiApplication.clipboard().text().strip() == "So x is x².")
     qtbot.mouseClick(reply.copy_latex_button, Qt.MouseButton.LeftButton)
     assert QGuiApplication.clipboard().text() == "So **x** is $x^2$."
 

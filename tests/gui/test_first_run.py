@@ -16,7 +16,7 @@ import pytest
 from fathom_desktop import paths
 from fathom_desktop.engine import planner
 from fathom_desktop.engine.planner import GpuInfo
-from fathom_desktop.gui import first_run_steps
+from fathom_desktop.gui import first_run, first_run_steps
 from fathom_desktop.gui.first_run import FirstRunDialog, Page
 from fathom_desktop.gui.first_run_steps import (
     JobCancelled,
@@ -26,7 +26,7 @@ from fathom_desktop.gui.first_run_steps import (
 )
 from fathom_desktop.gui.model_list import human_size
 from tests.convert.fake_hub import REPO, FakeHub, needed_bytes, repo_files, serve_fake_hub
-from tests.gui.conftest import cuda_backend
+from tests.gui.conftest import WAIT_MS, cuda_backend
 from tests.gui.test_settings_dialog import write_model_header
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -86,10 +86,28 @@ def _shot(widget: FirstRunDialog, name: str) -> None:
     assert widget.grab().save(str(ARTIFACTS / name))
 
 
-def test_opens_a_local_gguf(dialog: FirstRunDialog, tmp_path: Path, no_network: list) -> None:
+def open_gguf(qtbot, dialog: FirstRunDialog, path: Path) -> bool:
+    """Open `path` as the user would and wait for its header to be read; True if accepted."""
+    dialog.open_gguf(path)
+    qtbot.waitUntil(lambda: not dialog.busy(), timeout=WAIT_MS)
+    return dialog.result() == FirstRunDialog.DialogCode.Accepted
+
+
+def test_opens_a_local_gguf(
+    dialog: FirstRunDialog, tmp_path: Path, no_network: list, qtbot, monkeypatch
+) -> None:
     model = write_model_header(tmp_path / "Fathom-R1-14B-Q4_K_M.gguf")
     _shot(dialog, "first_run_welcome.png")
-    assert dialog.open_gguf(model)
+    read_on: list[str] = []
+    original = first_run.check_model_file
+
+    def recorded(path):
+        read_on.append(threading.current_thread().name)
+        return original(path)
+
+    monkeypatch.setattr(first_run, "check_model_file", recorded)
+    assert open_gguf(qtbot, dialog, model)
+    assert read_on and threading.main_thread().name not in read_on  # never on the GUI thread
     assert dialog.chosen_path == model
     assert dialog.result() == FirstRunDialog.DialogCode.Accepted
     assert no_network == []
@@ -103,11 +121,11 @@ def test_opens_a_local_gguf(dialog: FirstRunDialog, tmp_path: Path, no_network: 
     ],
 )
 def test_refuses_a_bad_file_with_a_message(
-    dialog: FirstRunDialog, tmp_path: Path, content: bytes, reason: str, no_network: list
+    dialog: FirstRunDialog, tmp_path: Path, content: bytes, reason: str, no_network: list, qtbot
 ) -> None:
     bad = tmp_path / "notes.gguf"
     bad.write_bytes(content)
-    assert not dialog.open_gguf(bad)
+    assert not open_gguf(qtbot, dialog, bad)
     assert dialog.error_text().startswith(reason)
     assert "\n" not in dialog.error_text()
     assert dialog.chosen_path is None and dialog.isVisible()
@@ -116,11 +134,11 @@ def test_refuses_a_bad_file_with_a_message(
     assert no_network == []
 
 
-def test_refuses_a_truncated_model(dialog: FirstRunDialog, tmp_path: Path) -> None:
+def test_refuses_a_truncated_model(dialog: FirstRunDialog, tmp_path: Path, qtbot) -> None:
     model = write_model_header(tmp_path / "cut.gguf")
     with open(model, "r+b") as f:
         f.truncate(model.stat().st_size // 2)
-    assert not dialog.open_gguf(model)
+    assert not open_gguf(qtbot, dialog, model)
     assert "cut.gguf is incomplete" in dialog.error_text()
 
 
@@ -142,6 +160,7 @@ def test_offers_models_already_in_the_folder(qtbot, tmp_path: Path) -> None:
     dialog.resize(640, 420)
     _shot(dialog, "first_run_choose.png")
     dialog._use_selected()
+    qtbot.waitUntil(lambda: not dialog.busy())  # its header is read again, aside
     assert dialog.chosen_path == folder / "Fathom-R1-14B-Q4_K_M.gguf"
 
 
@@ -326,6 +345,7 @@ def test_converts_a_checkpoint_then_quantizes_the_chosen_level(
     _shot(dialog, "first_run_done.png")
 
     dialog._use_selected()
+    qtbot.waitUntil(lambda: not dialog.busy())
     assert dialog.chosen_path == q8
     assert no_network == []
 
@@ -348,8 +368,10 @@ def test_quantize_needs_a_choice(dialog: FirstRunDialog, tmp_path: Path) -> None
     assert dialog.page() is Page.QUANTS
 
 
-def test_opens_a_gguf_the_converter_made(dialog: FirstRunDialog, tiny_gguf_f32: Path) -> None:
-    assert dialog.open_gguf(tiny_gguf_f32)
+def test_opens_a_gguf_the_converter_made(
+    dialog: FirstRunDialog, tiny_gguf_f32: Path, qtbot
+) -> None:
+    assert open_gguf(qtbot, dialog, tiny_gguf_f32)
     assert dialog.chosen_path == tiny_gguf_f32
 
 

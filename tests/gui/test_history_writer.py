@@ -209,3 +209,37 @@ def test_changes_still_waiting_at_quit_are_kept_and_saved_at_the_next_start(path
     assert not kept.exists()  # saved, so no longer kept aside
     with History(path) as again:
         assert again.notice is None and len(again.list_conversations()) == 2
+
+
+@pytest.mark.parametrize("how", ["Enter", "consensus"])
+def test_a_message_the_history_cannot_take_stays_in_the_composer(
+    make_window, qtbot, path, monkeypatch, how
+):
+    from PySide6.QtCore import Qt
+
+    from fathom_desktop.history import HistoryError
+
+    window = make_window(history_path=path)
+    history = window.session.history
+
+    def unreadable(*_args: object) -> int:
+        # What a read of a damaged or vanished file raises (store.History._reading).
+        raise HistoryError(f"Could not read the history at {path}: disk I/O error.")
+
+    monkeypatch.setattr(history, "add_user_message", unreadable)
+    qtbot.keyClicks(window.composer.edit, "Is 91 prime?")
+    if how == "Enter":
+        qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
+    else:
+        window.consensus(3)
+    qtbot.waitUntil(lambda: "disk I/O error" in window.banner.text(), timeout=WAIT_MS)
+    assert window.composer.text() == "Is 91 prime?"  # nothing typed is lost
+    assert not window.chat.assistant_messages()
+    # Once the history reads again, the same Enter sends it, and the composer empties.
+    monkeypatch.undo()
+    qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
+    wait_idle(qtbot, window)
+    assert window.composer.text() == ""
+    with History(path) as reader:
+        [conversation] = reader.list_conversations()
+        assert reader.messages(conversation.id)[0].content == "Is 91 prime?"

@@ -8,18 +8,20 @@ second of CPU time, on a shared machine) yet far below what the old code took.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import shiboken6
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication
 
 from fathom_desktop.gui import answer_view
 from fathom_desktop.gui.answer_view import AnswerView
 from fathom_desktop.render import PieceSplitter, split_answer
-from fathom_desktop.render import math as render_math
+from fathom_desktop.render.layout_process import LayoutService
 from fathom_desktop.render.math import formula_images, formula_refusal
 from fathom_desktop.render.pieces import MAX_PIECE_CHARS, PLAIN_SLICE_CHARS
 from tests.gui.hostile_answers import (
@@ -59,15 +61,15 @@ def gui_cpu(monkeypatch) -> Iterator[list[tuple[float, str]]]:
 
 @pytest.fixture
 def layout_threads(monkeypatch) -> list[tuple[str, str]]:
-    """(thread name, tex) of every formula ziamath is asked to lay out."""
+    """(thread name, tex) of every formula handed to the layout process."""
     calls: list[tuple[str, str]] = []
-    original = render_math._svg
+    original = LayoutService.lay_out
 
-    def recorded(tex, display, style):
+    def recorded(self, tag, tex, display, style):
         calls.append((threading.current_thread().name, tex))
-        return original(tex, display, style)
+        return original(self, tag, tex, display, style)
 
-    monkeypatch.setattr(render_math, "_svg", recorded)
+    monkeypatch.setattr(LayoutService, "lay_out", recorded)
     return calls
 
 
@@ -125,7 +127,8 @@ def test_opening_a_hostile_answer_renders_in_slices_and_keeps_everything(
     _check_complete(view, name)
     worst = max(gui_cpu)
     assert worst[0] < GUI_CALL_CPU_LIMIT_S, f"{name}: {worst[0]:.3f} s in one call of {worst[1]}"
-    assert all(thread != threading.main_thread().name for thread, _ in layout_threads)
+    # Handed to the layout process from the GUI thread (a pipe write): laid out elsewhere.
+    assert "ziamath" not in sys.modules
     if name == "1,500 formulas":
         # Closing the answer withdraws the layouts still queued: the lane skips them.
         assert view.formulas == 1_501
@@ -270,3 +273,59 @@ def test_a_slow_piece_is_parsed_off_the_gui_thread(qtbot, monkeypatch):
     qtbot.waitUntil(view.is_rendered)
     assert "markdown-parse" in parsed_on
     assert "[" * 3_000 in view.toPlainText() and "Done." in view.toPlainText()
+
+
+HOSTILE_COPY = "![" * 20_000 + "\n\nDone, so \\boxed{3}."
+
+
+def test_copying_a_hostile_answer_leaves_the_gui_thread_free(qtbot):
+    view = AnswerView()
+    qtbot.addWidget(view)
+    view.render_source(HOSTILE_COPY)
+    qtbot.waitUntil(view.is_rendered, timeout=WAIT_MS)
+    clipboard = QGuiApplication.clipboard()
+    clipboard.setText("before")
+    started = time.thread_time()
+    view.copy_to_clipboard()  # converting it where called took over a second
+    assert time.thread_time() - started < 0.05
+    qtbot.waitUntil(lambda: clipboard.text() != "before", timeout=WAIT_MS)
+    copied = clipboard.text()
+    assert copied.count("![") == 20_000 and "Done, so" in copied and "\\boxed" not in copied
+
+
+def test_a_copy_overtaken_by_a_later_one_does_not_overwrite_it(qtbot):
+    view = AnswerView()
+    qtbot.addWidget(view)
+    view.render_source(HOSTILE_COPY)
+    qtbot.waitUntil(view.is_rendered, timeout=WAIT_MS)
+    clipboard = QGuiApplication.clipboard()
+    view.copy_to_clipboard()
+    clipboard.setText("the LaTeX, copied after")  # Copy LaTeX, pressed while it converts
+    # The copy lane delivers in order: once this marker is back, the copy has been too.
+    marker: list[object] = []
+    answer_view._clipboard_copies._lane.submit(lambda: None, marker.append)
+    qtbot.waitUntil(lambda: bool(marker), timeout=WAIT_MS)
+    assert clipboard.text() == "the LaTeX, copied after"
+
+
+def test_opening_a_saved_conversation_with_hostile_answers_keeps_the_window_free(
+    make_window, qtbot, gui_cpu, tmp_path
+):
+    from fathom_desktop.history import History, MessageStatus
+
+    path = tmp_path / "history.sqlite3"
+    answers = [CASES[name] + ENDING for name in list(CASES)[:7]]  # the formulas that froze it
+    with History(path) as history:
+        conversation = history.create_conversation("Hostile")
+        for answer in answers:
+            history.add_user_message(conversation, "Simplify it.")
+            reply = history.begin_assistant_message(conversation, None, None, None)
+            history.finish_assistant_message(reply, "", answer, None, MessageStatus.COMPLETE)
+    window = make_window(history_path=path)  # opens the newest conversation, as at start
+    views = [message.answer for message in window.chat.assistant_messages()]
+    assert len(views) == len(answers)
+    qtbot.waitUntil(lambda: all(view.is_rendered() for view in views), timeout=WAIT_MS)
+    for view, name in zip(views, list(CASES)[:7], strict=True):
+        _check_complete(view, name)
+    worst = max(gui_cpu)
+    assert worst[0] < GUI_CALL_CPU_LIMIT_S, f"{worst[0]:.3f} s in one call of {worst[1]}"
