@@ -2,6 +2,7 @@
 
     fathom-eval PROBLEMS.jsonl [--model FILE.gguf] [--samples K] [--parallel P]
         [--max-tokens N] [--out results.jsonl] [--hub DATASET]
+        [--server URL [--api-key KEY] [--server-model NAME]]
 
 A problem set is JSON lines, each with the problem (`problem` or `question`) and its `answer`.
 Every problem is asked with Fathom's evaluation preset (the instruction in the user's turn), K
@@ -14,6 +15,10 @@ problems already there, and Ctrl-C (the current problem is abandoned) keeps ever
 --hub DATASET downloads PROBLEMS.jsonl from that Hugging Face dataset first; nothing else here
 touches the network. Without --model the embedded demo model answers (its problem set is
 resources/problems/demo-heldout-50.jsonl).
+
+--server asks an OpenAI-compatible server instead (as fathom-chat does): a server that honours
+`n` (vLLM, fathom-serve) gets each problem's K samples in one request; any other gets K requests,
+at most --parallel (default 4) in flight.
 """
 
 from __future__ import annotations
@@ -44,7 +49,12 @@ from fathom_desktop.engine.types import (
     LoadOptions,
     SamplingParams,
 )
-from fathom_desktop.terminal import ctrl_c_cancels, positive_option
+from fathom_desktop.terminal import (
+    add_server_options,
+    ctrl_c_cancels,
+    positive_option,
+    server_engine,
+)
 
 PROG = "fathom-eval"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -196,11 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     parser.add_argument("--n-ctx", type=positive_option, default=FATHOM_N_CTX)
     parser.add_argument("--threads", type=positive_option, help="CPU threads")
+    add_server_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.server and args.model:
+        parser.error("--server runs the model elsewhere: leave out --model")
     logging.getLogger("fathom_desktop.engine").setLevel(logging.CRITICAL)
     try:
         check_sample_count(args.samples)
@@ -234,15 +248,12 @@ def _download(dataset: str, filename: str) -> Path:
 def _run(args: argparse.Namespace, problems: list[Problem], done: dict[str, ProblemResult]) -> int:
     from tqdm import tqdm
 
-    from fathom_desktop.engine import LlamaEngine
-
     finished = {p.question: done[p.question] for p in problems if p.question in done}
     todo = [p for p in problems if p.question not in done]
     if finished:
         print(
             f"[{len(finished)} of {len(problems)} problems already in {args.out}]", file=sys.stderr
         )
-    model = args.model or _demo_model()
     sampling = SamplingParams(
         temperature=args.temperature,
         top_p=FATHOM_TOP_P,
@@ -251,9 +262,14 @@ def _run(args: argparse.Namespace, problems: list[Problem], done: dict[str, Prob
     )
     control = GenerationControl()
     interrupted = False
-    engine = LlamaEngine()
+    engine = _engine(args)
     try:
-        engine.load(LoadOptions(model_path=model, n_ctx=args.n_ctx, n_threads=args.threads))
+        if args.server:
+            for note in engine.load().notes:
+                print(f"[{note}]", file=sys.stderr)
+        else:
+            model = args.model or _demo_model()
+            engine.load(LoadOptions(model_path=model, n_ctx=args.n_ctx, n_threads=args.threads))
         out = args.out.open("a", encoding="utf-8") if args.out else None
         bar = tqdm(total=len(problems), initial=len(finished), unit="problem", file=sys.stderr)
         try:
@@ -288,6 +304,14 @@ def _run(args: argparse.Namespace, problems: list[Problem], done: dict[str, Prob
         )
         return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def _engine(args: argparse.Namespace) -> ChatEngine:
+    if args.server:
+        return server_engine(args)
+    from fathom_desktop.engine import LlamaEngine
+
+    return LlamaEngine()
 
 
 def _append(out: TextIO, result: ProblemResult) -> None:
