@@ -17,8 +17,8 @@ touches the network. Without --model the embedded demo model answers (its proble
 resources/problems/demo-heldout-50.jsonl).
 
 --server asks an OpenAI-compatible server instead (as fathom-chat does): a server that honours
-`n` (vLLM, fathom-serve) gets each problem's K samples in one request; any other gets K requests,
-at most --parallel (default 4) in flight.
+`n` (vLLM, fathom-serve) gets each problem's K samples in one request (in parts of 16 for a larger
+K); any other gets K requests, at most --parallel (default 4) in flight.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,6 +35,7 @@ from convert.errors import ConversionError
 from fathom_desktop.engine.consensus import (
     ConsensusResult,
     check_sample_count,
+    majority_vote,
     normalize_answer,
 )
 from fathom_desktop.engine.errors import EngineError
@@ -45,6 +46,7 @@ from fathom_desktop.engine.types import (
     FATHOM_TOP_P,
     ChatEngine,
     ChatMessage,
+    Finished,
     GenerationControl,
     LoadOptions,
     SamplingParams,
@@ -57,6 +59,8 @@ from fathom_desktop.terminal import (
 )
 
 PROG = "fathom-eval"
+# fathom-serve's most choices in one request; a larger K goes to a server in parts of this size.
+SAMPLES_PER_REQUEST = 16
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -169,9 +173,28 @@ def evaluate_problem(
     k: int,
     parallel: int | None,
     control: GenerationControl,
+    *,
+    per_request: int | None = None,
 ) -> ConsensusResult:
+    """K samples and their vote; with `per_request`, asked for in parts of at most that many
+    (sample i keeps seed + i) and voted on together."""
     messages = with_eval_instruction([ChatMessage("user", problem.question)])
-    return engine.consensus(messages, sampling, k, control, parallel=parallel)
+    if per_request is None or k <= per_request:
+        return engine.consensus(messages, sampling, k, control, parallel=parallel)
+    samples: list[Finished] = []
+    for first in range(0, k, per_request):
+        seed = None if sampling.seed is None else sampling.seed + first
+        part = engine.consensus(
+            messages,
+            replace(sampling, seed=seed),
+            min(per_request, k - first),
+            control,
+            parallel=parallel,
+        )
+        samples.extend(part.samples)
+        if control.cancel.is_set():
+            break
+    return majority_vote(samples)
 
 
 def to_result(problem: Problem, result: ConsensusResult) -> ProblemResult:
@@ -276,7 +299,13 @@ def _run(args: argparse.Namespace, problems: list[Problem], done: dict[str, Prob
             with ctrl_c_cancels(control):
                 for problem in todo:
                     vote = evaluate_problem(
-                        engine, problem, sampling, args.samples, args.parallel, control
+                        engine,
+                        problem,
+                        sampling,
+                        args.samples,
+                        args.parallel,
+                        control,
+                        per_request=SAMPLES_PER_REQUEST if args.server else None,
                     )
                     if control.cancel.is_set():
                         interrupted = True  # an interrupted problem is not a result

@@ -136,6 +136,21 @@ def test_a_server_without_n_gets_one_request_per_sample(
     assert all(reason == "stop" for reason in result["finish_reasons"])
 
 
+def test_more_samples_than_fathom_serve_takes_at_once_go_in_parts(
+    demo_engine: object, tmp_path: Path
+) -> None:
+    counting = CountingEngine(demo_engine)
+    out = tmp_path / "results.jsonl"
+    with serve(counting) as server:
+        args = eval_args(server.v1, problem_file(tmp_path, 1), out, "--samples", "17")
+        assert main(args) == 0
+    # fathom-serve takes n <= 16: 16 samples in one request, the 17th alone.
+    assert counting.consensus_calls == [16] and counting.replies == 1
+    [result] = results(out)
+    assert_scored(result, 17)
+    assert result["cons"]  # the demo votes right on this problem
+
+
 def test_server_and_model_together_are_refused(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit) as exit_info:
         main([str(problem_file(tmp_path, 1)), "--server", "http://127.0.0.1:9", "--model", "x"])
