@@ -41,7 +41,13 @@ from fathom_desktop.engine.types import (
     StreamEvent,
     TextDelta,
 )
-from fathom_desktop.terminal import ctrl_c_cancels, gpu_layers_option, positive_option
+from fathom_desktop.terminal import (
+    add_server_options,
+    ctrl_c_cancels,
+    gpu_layers_option,
+    positive_option,
+    server_engine,
+)
 
 PROG = "fathom-chat"
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -169,23 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the llama.cpp build, GPU and model checks, then exit",
     )
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
-    remote = parser.add_argument_group(
-        "a model served elsewhere (vLLM, llama.cpp server, fathom-serve)"
-    )
-    remote.add_argument(
-        "--server",
-        metavar="URL",
-        help="use the OpenAI-compatible server at URL (e.g. http://gpu-box:8000/v1) instead of "
-        "a local GGUF",
-    )
-    remote.add_argument(
-        "--api-key",
-        default=os.environ.get("FATHOM_API_KEY") or None,
-        help="the server's API key (or set FATHOM_API_KEY)",
-    )
-    remote.add_argument(
-        "--server-model", metavar="NAME", help="the server's model (default: the first it lists)"
-    )
+    add_server_options(parser)
     return parser
 
 
@@ -280,11 +270,7 @@ def _user_message(args: argparse.Namespace, text: str) -> ChatMessage:
 def _run(args: argparse.Namespace) -> int:
     engine: Any
     if args.server:
-        from fathom_desktop.engine.remote import RemoteEndpoint, RemoteEngine
-
-        engine = RemoteEngine(
-            RemoteEndpoint(args.server, api_key=args.api_key, model=args.server_model)
-        )
+        engine = server_engine(args)
     else:
         from fathom_desktop.engine import LlamaEngine
 

@@ -2,6 +2,7 @@
 
     fathom-eval PROBLEMS.jsonl [--model FILE.gguf] [--samples K] [--parallel P]
         [--max-tokens N] [--out results.jsonl] [--hub DATASET]
+        [--server URL [--api-key KEY] [--server-model NAME]]
 
 A problem set is JSON lines, each with the problem (`problem` or `question`) and its `answer`.
 Every problem is asked with Fathom's evaluation preset (the instruction in the user's turn), K
@@ -14,6 +15,10 @@ problems already there, and Ctrl-C (the current problem is abandoned) keeps ever
 --hub DATASET downloads PROBLEMS.jsonl from that Hugging Face dataset first; nothing else here
 touches the network. Without --model the embedded demo model answers (its problem set is
 resources/problems/demo-heldout-50.jsonl).
+
+--server asks an OpenAI-compatible server instead (as fathom-chat does): a server that honours
+`n` (vLLM, fathom-serve) gets each problem's K samples in one request (in parts of 16 for a larger
+K); any other gets K requests, at most --parallel (default 4) in flight.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,6 +35,7 @@ from convert.errors import ConversionError
 from fathom_desktop.engine.consensus import (
     ConsensusResult,
     check_sample_count,
+    majority_vote,
     normalize_answer,
 )
 from fathom_desktop.engine.errors import EngineError
@@ -40,13 +46,21 @@ from fathom_desktop.engine.types import (
     FATHOM_TOP_P,
     ChatEngine,
     ChatMessage,
+    Finished,
     GenerationControl,
     LoadOptions,
     SamplingParams,
 )
-from fathom_desktop.terminal import ctrl_c_cancels, positive_option
+from fathom_desktop.terminal import (
+    add_server_options,
+    ctrl_c_cancels,
+    positive_option,
+    server_engine,
+)
 
 PROG = "fathom-eval"
+# fathom-serve's most choices in one request; a larger K goes to a server in parts of this size.
+SAMPLES_PER_REQUEST = 16
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -159,9 +173,28 @@ def evaluate_problem(
     k: int,
     parallel: int | None,
     control: GenerationControl,
+    *,
+    per_request: int | None = None,
 ) -> ConsensusResult:
+    """K samples and their vote; with `per_request`, asked for in parts of at most that many
+    (sample i keeps seed + i) and voted on together."""
     messages = with_eval_instruction([ChatMessage("user", problem.question)])
-    return engine.consensus(messages, sampling, k, control, parallel=parallel)
+    if per_request is None or k <= per_request:
+        return engine.consensus(messages, sampling, k, control, parallel=parallel)
+    samples: list[Finished] = []
+    for first in range(0, k, per_request):
+        seed = None if sampling.seed is None else sampling.seed + first
+        part = engine.consensus(
+            messages,
+            replace(sampling, seed=seed),
+            min(per_request, k - first),
+            control,
+            parallel=parallel,
+        )
+        samples.extend(part.samples)
+        if control.cancel.is_set():
+            break
+    return majority_vote(samples)
 
 
 def to_result(problem: Problem, result: ConsensusResult) -> ProblemResult:
@@ -196,11 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     parser.add_argument("--n-ctx", type=positive_option, default=FATHOM_N_CTX)
     parser.add_argument("--threads", type=positive_option, help="CPU threads")
+    add_server_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.server and args.model:
+        parser.error("--server runs the model elsewhere: leave out --model")
     logging.getLogger("fathom_desktop.engine").setLevel(logging.CRITICAL)
     try:
         check_sample_count(args.samples)
@@ -234,15 +271,12 @@ def _download(dataset: str, filename: str) -> Path:
 def _run(args: argparse.Namespace, problems: list[Problem], done: dict[str, ProblemResult]) -> int:
     from tqdm import tqdm
 
-    from fathom_desktop.engine import LlamaEngine
-
     finished = {p.question: done[p.question] for p in problems if p.question in done}
     todo = [p for p in problems if p.question not in done]
     if finished:
         print(
             f"[{len(finished)} of {len(problems)} problems already in {args.out}]", file=sys.stderr
         )
-    model = args.model or _demo_model()
     sampling = SamplingParams(
         temperature=args.temperature,
         top_p=FATHOM_TOP_P,
@@ -251,16 +285,27 @@ def _run(args: argparse.Namespace, problems: list[Problem], done: dict[str, Prob
     )
     control = GenerationControl()
     interrupted = False
-    engine = LlamaEngine()
+    engine = _engine(args)
     try:
-        engine.load(LoadOptions(model_path=model, n_ctx=args.n_ctx, n_threads=args.threads))
+        if args.server:
+            for note in engine.load().notes:
+                print(f"[{note}]", file=sys.stderr)
+        else:
+            model = args.model or _demo_model()
+            engine.load(LoadOptions(model_path=model, n_ctx=args.n_ctx, n_threads=args.threads))
         out = args.out.open("a", encoding="utf-8") if args.out else None
         bar = tqdm(total=len(problems), initial=len(finished), unit="problem", file=sys.stderr)
         try:
             with ctrl_c_cancels(control):
                 for problem in todo:
                     vote = evaluate_problem(
-                        engine, problem, sampling, args.samples, args.parallel, control
+                        engine,
+                        problem,
+                        sampling,
+                        args.samples,
+                        args.parallel,
+                        control,
+                        per_request=SAMPLES_PER_REQUEST if args.server else None,
                     )
                     if control.cancel.is_set():
                         interrupted = True  # an interrupted problem is not a result
@@ -288,6 +333,14 @@ def _run(args: argparse.Namespace, problems: list[Problem], done: dict[str, Prob
         )
         return EXIT_INTERRUPTED
     return EXIT_OK
+
+
+def _engine(args: argparse.Namespace) -> ChatEngine:
+    if args.server:
+        return server_engine(args)
+    from fathom_desktop.engine import LlamaEngine
+
+    return LlamaEngine()
 
 
 def _append(out: TextIO, result: ProblemResult) -> None:

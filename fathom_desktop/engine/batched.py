@@ -3,16 +3,25 @@
 A decode step is bound by reading the weights, so one step over P sequences costs little more than
 one step over a single sequence. llama-cpp-python's `Llama` drives one sequence, so the samples
 get a context of their own, made from the same loaded model (the weights are shared, not loaded
-twice) with room for P + 1 sequences and a unified KV cache:
+twice) with room for P sequences, each in a KV cache stream of its own:
 
-- sequence 0 holds the prompt, evaluated once (all but its last token);
-- each sample runs in its own sequence, which starts as a copy of sequence 0 (`seq_cp` in a
-  unified cache shares the prompt's cells rather than copying them) and whose first batch entry
-  is the prompt's last token, so a fresh sample and a refill start the same way;
+- the prompt is evaluated once (all but its last token) into sequence 0, and copied into the
+  other sequences' streams (`seq_cp`);
+- each sample runs in its own sequence, whose first batch entry is the prompt's last token;
 - every step puts each live sample's newest token(s) in one `llama_batch` and samples each one
   at its own batch index, with its own sampler chain and seed (seed + sample index, as the
   sequential path seeds them);
-- a finished sample frees its sequence and the next sample starts in it (continuous refill).
+- a finished sample's reply is dropped from its sequence, which keeps the prompt, and the next
+  sample starts there (continuous refill).
+
+Why a stream per sequence rather than one unified cache holding the prompt once: in a unified
+cache every token's attention runs over the cells of all sequences (the others masked out), so a
+step's attention work grows with P times the total length rather than with each sample's own:
+at Fathom's reasoning lengths (thousands of tokens per sample) that outgrows the weights' reads
+the batching saves. The price is the prompt's cells once per sequence, small beside the replies.
+llama.cpp computes one micro-batch over consecutive streams only, so the batch lists the samples
+by sequence and, once nothing is left to start, a sample in the highest sequence moves into the
+gap a finished one leaves (one stream copy) rather than splitting every later step in two.
 
 Each sample has its own reasoning split, thinking budget, "answer now" and stop; its events reach
 `on_event(sample_index, event)` in the same shape a single reply streams them: by default sample
@@ -44,11 +53,8 @@ from fathom_desktop.engine.types import (
     TextDelta,
 )
 
-PROMPT_SEQUENCE = 0
+PROMPT_SEQUENCE = 0  # the prompt is evaluated here, then copied to the other sequences
 N_BATCH = 512
-# llama.cpp places a batch's tokens in free cells; a little slack keeps a refill from failing
-# when freed cells are scattered.
-CELL_SLACK = 256
 
 # The settings a sample context takes over from the loaded model's own context, so that both
 # compute alike (threads, attention kernel, KV cache type, offload, RoPE).
@@ -90,17 +96,21 @@ def sequence_cells(prompt_tokens: int, n_ctx: int, sampling: SamplingParams, clo
 
 
 class SampleContext:
-    """A llama.cpp context over an already loaded model, for `n_parallel` samples; close() it."""
+    """A llama.cpp context over an already loaded model, for `n_parallel` samples; close() it.
 
-    def __init__(self, llama: llama_cpp.Llama, *, n_parallel: int, n_cells: int) -> None:
+    Each sample's sequence gets a KV stream of `sequence_cells` cells (prompt and reply).
+    """
+
+    def __init__(self, llama: llama_cpp.Llama, *, n_parallel: int, sequence_cells: int) -> None:
         params = llama_cpp.llama_context_default_params()
         for name in _INHERITED_PARAMS:
             setattr(params, name, getattr(llama.context_params, name))
-        params.n_ctx = n_cells
+        # llama.cpp splits n_ctx evenly between the streams.
+        params.n_ctx = n_parallel * sequence_cells
         params.n_batch = N_BATCH
         params.n_ubatch = N_BATCH
-        params.n_seq_max = n_parallel + 1  # the prompt's sequence and one per sample
-        params.kv_unified = True  # one prompt shared by every sequence
+        params.n_seq_max = n_parallel
+        params.kv_unified = False  # a stream per sequence: see the module docstring
         params.embeddings = False
         params.no_perf = False
         mark = backend.LOG.mark()
@@ -201,8 +211,8 @@ class BatchedConsensus:
         self._next_index = 0
         self._done: list[tuple[int, Finished]] = []
         self._prompt_rate = 0.0
-        cells = sequence_cells(len(prompt.tokens), setup.n_ctx, sampling, len(setup.closer_tokens))
-        self._n_cells = len(prompt.tokens) + self._n_parallel * cells + CELL_SLACK
+        reply = sequence_cells(len(prompt.tokens), setup.n_ctx, sampling, len(setup.closer_tokens))
+        self._sequence_cells = len(prompt.tokens) + reply
 
     @property
     def n_parallel(self) -> int:
@@ -211,13 +221,17 @@ class BatchedConsensus:
     def run(self) -> list[Finished]:
         """The finished samples in sample order (a cancel leaves out those never started)."""
         context = SampleContext(
-            self._setup.llama, n_parallel=self._n_parallel, n_cells=self._n_cells
+            self._setup.llama, n_parallel=self._n_parallel, sequence_cells=self._sequence_cells
         )
         live: list[_Sample] = []
         try:
             self._evaluate_prompt(context)
-            for slot in range(self._n_parallel):
-                sample = self._start(context, sequence=slot + 1)
+            for sequence in range(self._n_parallel):
+                if sequence != PROMPT_SEQUENCE and len(self._prompt.tokens) > 1:
+                    # Between streams this copies the cells; llama.cpp does it before the next
+                    # decode.
+                    llama_cpp.llama_memory_seq_cp(context.memory, PROMPT_SEQUENCE, sequence, -1, -1)
+                sample = self._start(context, sequence=sequence)
                 if sample is not None:
                     live.append(sample)
             while live:
@@ -251,9 +265,8 @@ class BatchedConsensus:
         index = self._next_index
         self._next_index += 1
         shared = len(self._prompt.tokens) - 1
-        llama_cpp.llama_memory_seq_rm(context.memory, sequence, -1, -1)
-        if shared:
-            llama_cpp.llama_memory_seq_cp(context.memory, PROMPT_SEQUENCE, sequence, -1, -1)
+        # The sequence holds the prompt (and a finished sample's reply, dropped here).
+        llama_cpp.llama_memory_seq_rm(context.memory, sequence, shared, -1)
         seed = None if self._sampling.seed is None else self._sampling.seed + index
         sampling = replace(self._sampling, seed=seed)
         setup = self._setup
@@ -277,6 +290,8 @@ class BatchedConsensus:
 
     def _step(self, context: SampleContext, live: list[_Sample]) -> list[_Sample]:
         context.clear()
+        # In sequence order: llama.cpp puts consecutive sequences in one micro-batch.
+        live.sort(key=lambda sample: sample.sequence)
         for sample in live:
             for offset, token in enumerate(sample.feed):
                 last = offset == len(sample.feed) - 1
@@ -300,7 +315,24 @@ class BatchedConsensus:
             successor = self._start(context, sequence=sample.sequence)
             if successor is not None:
                 still.append(successor)
+        if len(still) < len(live):
+            self._close_gaps(context, still)
         return still
+
+    def _close_gaps(self, context: SampleContext, live: list[_Sample]) -> None:
+        """Moves samples from the highest sequences into freed lower ones, so that the live
+        samples hold sequences 0..n-1: a gap would split every later step into several passes
+        over the weights."""
+        memory = context.memory
+        for wanted in range(len(live)):
+            if any(sample.sequence == wanted for sample in live):
+                continue
+            highest = max(live, key=lambda sample: sample.sequence)
+            # Across streams seq_cp copies the stream; llama.cpp does it before the next decode.
+            llama_cpp.llama_memory_seq_rm(memory, wanted, -1, -1)
+            llama_cpp.llama_memory_seq_cp(memory, highest.sequence, wanted, -1, -1)
+            llama_cpp.llama_memory_seq_rm(memory, highest.sequence, -1, -1)
+            highest.sequence = wanted
 
     def _advance(
         self, context: SampleContext, sample: _Sample, answer_now: bool

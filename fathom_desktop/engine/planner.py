@@ -351,6 +351,7 @@ def model_memory_profile(
 # -- samples decoded at once (self-consistency) -----------------------------------------------
 
 MAX_PARALLEL = 64  # the most samples a consensus takes, so the most sequences worth planning for
+KV_STREAM_PADDING = 256  # llama.cpp rounds a sequence's KV stream up to a multiple of this
 
 
 @dataclass(frozen=True)
@@ -409,9 +410,10 @@ def choose_parallel(
 ) -> ParallelPlan:
     """The largest P (<= k, <= the user's cap) whose sample context fits the free memory.
 
-    The sample context holds the prompt once and `reply_cells` per sample; `memory(n_cells)`
-    prices it. Free memory is what the device has now, with the model already loaded beside it;
-    a plan uses at most SAFE_FRACTION of it. None means "unknown": not a limit.
+    The sample context gives each sample a KV stream for the prompt and `reply_cells` (see
+    engine/batched.py); `memory(n_cells)` prices it. Free memory is what the device has now,
+    with the model already loaded beside it; a plan uses at most SAFE_FRACTION of it. None means
+    "unknown": not a limit.
     """
     limit = min(k, MAX_PARALLEL)
     why_limit = f"all {k} samples" if k <= MAX_PARALLEL else f"at most {MAX_PARALLEL}"
@@ -421,7 +423,7 @@ def choose_parallel(
         limit, why_limit = cap, f"capped at {cap}"
 
     def need(p: int) -> tuple[int, int, int]:
-        cells = prompt_tokens + p * reply_cells
+        cells = p * _stream_cells(prompt_tokens + reply_cells)
         sizes = memory(cells)
         gpu = cells * sizes.kv_bytes_per_cell_gpu + (sizes.compute_bytes if sizes.on_gpu else 0)
         host = cells * sizes.kv_bytes_per_cell_host + (0 if sizes.on_gpu else sizes.compute_bytes)
@@ -441,7 +443,7 @@ def choose_parallel(
         if fits(p) is None:
             chosen = p
             break
-    per_sample = f"{prompt_tokens:,}-token prompt + {reply_cells:,} per sample"
+    per_sample = f"{prompt_tokens:,}-token prompt + {reply_cells:,} reply per sample"
     if chosen == limit:
         reason = f"{chosen} at once ({why_limit}; KV cache for {per_sample} fits)"
     else:
@@ -452,6 +454,11 @@ def choose_parallel(
     return ParallelPlan(
         parallel=chosen, reason=reason, kv_bytes=need(chosen)[2] if chosen > 1 else 0
     )
+
+
+def _stream_cells(cells: int) -> int:
+    """llama.cpp rounds each sequence's KV stream up to a multiple of 256 cells."""
+    return -(-cells // KV_STREAM_PADDING) * KV_STREAM_PADDING
 
 
 def available_host_bytes() -> int | None:

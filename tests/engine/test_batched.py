@@ -113,6 +113,44 @@ def test_greedy_identity_holds_for_a_second_prompt_and_a_thinking_budget(margin_
         same_reply(sample, reference)
 
 
+@pytest.mark.parametrize(("k", "parallel"), [(3, 3), (4, 3)])
+def test_a_sample_ending_early_leaves_the_others_replies_intact(
+    margin_engine, monkeypatch, k, parallel
+):
+    """Sample 0 ends after 5 tokens, as an end-of-generation would. With more samples to come
+    the next one starts in its sequence (4, 3); without, the sample in the highest sequence
+    moves into the freed one (3, 3). Either way every other reply is the greedy reply."""
+    from fathom_desktop.engine.batched import BatchedConsensus
+
+    advance = BatchedConsensus._advance
+    moved: list[tuple[int, int]] = []
+
+    def stop_sample_0_early(self, context, sample, answer_now):  # noqa: ANN001, ANN202
+        if sample.index == 0 and sample.sampled == 5:
+            return FinishReason.STOP
+        return advance(self, context, sample, answer_now)
+
+    close_gaps = BatchedConsensus._close_gaps
+
+    def note_moves(self, context, live):  # noqa: ANN001, ANN202
+        before = {sample.index: sample.sequence for sample in live}
+        close_gaps(self, context, live)
+        moved.extend((s.index, s.sequence) for s in live if before[s.index] != s.sequence)
+
+    monkeypatch.setattr(BatchedConsensus, "_advance", stop_sample_0_early)
+    monkeypatch.setattr(BatchedConsensus, "_close_gaps", note_moves)
+    reference = alone(margin_engine, GREEDY)
+    result = margin_engine.consensus(QUESTION, GREEDY, k, parallel=parallel)
+    first, *others = result.samples
+    assert first.stats.finish_reason is FinishReason.STOP and first.stats.reasoning_tokens == 5
+    assert reference.reasoning.startswith(first.reasoning)
+    assert len(others) == k - 1
+    for sample in others:
+        same_reply(sample, reference)
+    # (3, 3): sample 2 left sequence 2 for sample 0's sequence 0; (4, 3): sample 3 took it.
+    assert moved == ([(2, 0)] if k == parallel else [])
+
+
 def test_a_seed_gives_the_same_samples_at_the_same_parallelism(random_engine):
     sampling = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, seed=42, max_tokens=24)
     first = random_engine.consensus(QUESTION, sampling, 4, parallel=4)

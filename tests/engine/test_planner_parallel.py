@@ -69,7 +69,9 @@ def test_the_largest_p_that_fits_the_free_vram(fathom: ModelFileInfo):
     # A 24 GB card with the Q4_K_M model loaded leaves about 11 GiB; a 16k reply is 2.9 GiB of KV.
     chosen = plan(fathom, vram=11 * GIB)
     p = chosen.parallel
-    need = [(300 + n * 16_000) * KV_PER_TOKEN_F16 for n in (p, p + 1)]
+    # Each sample's KV stream holds the prompt and its reply, rounded up to 256 cells.
+    stream = 16_384  # 300 + 16,000
+    need = [n * stream * KV_PER_TOKEN_F16 for n in (p, p + 1)]
     assert need[0] < 11 * GIB * SAFE_FRACTION < need[1]
     assert p == 3
     assert chosen.reason.startswith("3 at once (4 would need") and "GiB of VRAM" in chosen.reason
