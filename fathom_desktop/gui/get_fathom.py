@@ -267,6 +267,8 @@ class GetFathomDialog(QDialog):
         if self.state.level is not None and len(done) == len(STEPS):
             self.model_ready.emit(self.plan.level_file(self.state.level))
             self._mark(None, "done", LOAD_TEXT.format(level=self.state.level))
+            self.start_button.hide()
+            self.detail_label.setText(f"Everything is done; {self.state.level} is loaded.")
             return
         self._show_error("")
         self._failed = None
@@ -359,6 +361,9 @@ class GetFathomDialog(QDialog):
         self._show_steps()
         if state.level is not None:
             self.model_ready.emit(self.plan.level_file(state.level))
+            # Just loaded: a "Load" button now would offer what has happened.
+            self.start_button.hide()
+            self.detail_label.setText(f"Everything is done; {state.level} is loaded.")
         self._close_if_asked()
 
     @Slot(str)

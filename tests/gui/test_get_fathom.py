@@ -161,6 +161,8 @@ def test_the_flow_downloads_converts_makes_measures_and_loads_the_level(
     assert [dialog.step_mark(step) for step in (*STEPS, None)] == ["done"] * (len(STEPS) + 1)
     assert window.store.get("model_path") == str(level)
     qtbot.waitUntil(lambda: window.model_label.text() == level.name)
+    assert dialog.start_button.isHidden()  # loaded already: nothing left to press but Close
+    assert dialog.detail_label.text() == "Everything is done; Q4_K_M is loaded."
     # The recommendation says why, now with the measured quality.
     text = dialog.recommendation_text()
     assert text.startswith("Recommended: Q4_K_M (")
@@ -187,6 +189,9 @@ def test_the_flow_downloads_converts_makes_measures_and_loads_the_level(
     again = open_dialog(qtbot, plan)
     assert again.start_button.text() == "Load Q4_K_M"
     assert again.detail_label.text() == "Everything is done."
+    again.start_button.click()
+    assert again.start_button.isHidden()
+    assert again.detail_label.text() == "Everything is done; Q4_K_M is loaded."
 
 
 # -- resuming -------------------------------------------------------------------------------------
