@@ -21,6 +21,7 @@ from PySide6.QtGui import (
     QPaintEvent,
     QPalette,
     QPen,
+    QResizeEvent,
 )
 from PySide6.QtWidgets import (
     QFrame,
@@ -38,7 +39,10 @@ from fathom_desktop.gui.reasoning_pane import tokens_text
 from fathom_desktop.gui.worker import SampleProgress
 from fathom_desktop.history.samples import SampleRecord, VoteRecord, vote_labels, voted_for
 
-LANE_COLUMNS = 4
+# As many lanes side by side as the transcript's width holds at this width each (a wide window
+# shows a vote of 64 in a few rows), never fewer than two nor more than eight.
+LANE_MIN_WIDTH_PX = 150
+LANE_COLUMNS_MIN, LANE_COLUMNS_MAX = 2, 8
 LANE_PADDING_PX = 5
 LANES_MAX_HEIGHT_PX = 236  # about four rows of lanes; more scroll
 BAR_HEIGHT_PX = 18
@@ -374,6 +378,7 @@ class ConsensusView(QFrame):
         self.requested = requested
         self.samples: list[SampleText] = []
         self.lanes: list[SampleLane] = []
+        self.columns = 4  # until the first resize says how wide the transcript is
         self.selected = 0
         self.winner: int | None = None
         self.vote: VoteRecord | None = None
@@ -487,10 +492,26 @@ class ConsensusView(QFrame):
         lane.clicked.connect(self.select)
         lane.set_selected(index == self.selected)
         self.lanes.append(lane)
-        self._grid.addWidget(lane, index // LANE_COLUMNS, index % LANE_COLUMNS)
+        self._grid.addWidget(lane, index // self.columns, index % self.columns)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        spacing = self._grid.spacing()
+        fits = (event.size().width() + spacing) // (LANE_MIN_WIDTH_PX + spacing)
+        columns = max(LANE_COLUMNS_MIN, min(LANE_COLUMNS_MAX, fits))
+        if columns == self.columns:
+            return
+        self.columns = columns
+        for lane in self.lanes:
+            self._grid.removeWidget(lane)
+        for index, lane in enumerate(self.lanes):
+            self._grid.addWidget(lane, index // columns, index % columns)
+        for column in range(LANE_COLUMNS_MAX):  # equal widths, the unused columns none
+            self._grid.setColumnStretch(column, 1 if column < columns else 0)
+        self._fit_lanes()
 
     def _fit_lanes(self) -> None:
-        rows = (len(self.lanes) + LANE_COLUMNS - 1) // LANE_COLUMNS
+        rows = (len(self.lanes) + self.columns - 1) // self.columns
         row_height = self.lanes[0].sizeHint().height() if self.lanes else 0
         wanted = rows * row_height + max(0, rows - 1) * self._grid.spacing() + 2
         self.lane_area.setFixedHeight(min(wanted, LANES_MAX_HEIGHT_PX))

@@ -331,3 +331,30 @@ def test_a_consensus_the_app_died_in_shows_what_each_sample_had(make_window, qtb
     assert shown.reasoning.text() == "Half of a thought"
     qtbot.mouseClick(view.lanes[1], Qt.MouseButton.LeftButton)
     assert shown.answer.source == "So \\boxed{2500}."
+
+
+def test_a_wide_window_shows_more_lanes_side_by_side(qtbot):
+    from fathom_desktop.gui.consensus_view import ConsensusView
+
+    view = ConsensusView(64)
+    qtbot.addWidget(view)
+    view.show()
+
+    def row_and_column(index: int) -> tuple[int, int]:
+        position = view._grid.getItemPosition(view._grid.indexOf(view.lanes[index]))
+        return position[0], position[1]
+
+    view.resize(1250, 400)
+    qtbot.waitUntil(lambda: view.columns == 8)
+    assert row_and_column(8) == (1, 0) and row_and_column(63) == (7, 7)
+    tall = view.lane_area.height()
+    qtbot.waitUntil(lambda: all(lane.width() >= 140 for lane in view.lanes[:8]))
+
+    view.resize(640, 400)
+    qtbot.waitUntil(lambda: view.columns == 4)
+    assert row_and_column(8) == (2, 0) and row_and_column(63) == (15, 3)
+    assert view.lane_area.height() >= tall  # twice the rows: as tall as allowed, then scrolling
+
+    view.resize(200, 400)
+    qtbot.waitUntil(lambda: view.columns == 2)
+    assert row_and_column(63) == (31, 1)
