@@ -11,13 +11,11 @@ follow the dialog's context length and KV cache type at once.
 from __future__ import annotations
 
 import dataclasses
-import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTreeWidget, QTreeWidgetItem
 
@@ -27,7 +25,7 @@ from fathom_desktop.engine.errors import ModelFileError
 from fathom_desktop.engine.gguf_check import ModelFileInfo, check_model_file
 from fathom_desktop.engine.planner import GpuInfo
 from fathom_desktop.gui.background import BackgroundJobs
-from fathom_desktop.model_ladder import is_imatrix_name
+from fathom_desktop.model_ladder import is_imatrix_name, quant_from_name
 
 GGUF_SUFFIX = ".gguf"
 CPU_ONLY = "CPU only"
@@ -56,25 +54,6 @@ class ModelEntry:
 
 # What a header read found: the file's facts, or the one-line reason it cannot be used.
 ModelFacts = ModelFileInfo | str
-
-
-def _file_type_names() -> list[str]:
-    names = {m.name.removeprefix("MOSTLY_").removeprefix("ALL_") for m in gguf.LlamaFileType}
-    names.discard("GUESSED")
-    # Longest first, so Q4_K_M wins over Q4_K in a file name.
-    return sorted(names, key=len, reverse=True)
-
-
-_QUANT_IN_NAME = re.compile(
-    r"(?:^|[-_.])(" + "|".join(re.escape(n) for n in _file_type_names()) + r")(?=$|[-_.])",
-    re.IGNORECASE,
-)
-
-
-def quant_from_name(name: str) -> str | None:
-    """`Fathom-R1-14B-Q4_K_M.gguf` -> "Q4_K_M"; None when the name does not say."""
-    match = _QUANT_IN_NAME.search(Path(name).stem)
-    return match.group(1).upper() if match else None
 
 
 # A folder of many GGUFs is read two headers at a time: a Fathom header holds 152k token strings,
