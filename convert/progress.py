@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress(Protocol):
@@ -43,6 +47,9 @@ class TqdmProgress:
         self._unit = unit
 
     def start(self, step: str, total_bytes: int) -> None:
+        # Imported here: the cancellable progress below runs in processes that draw no bar.
+        from tqdm import tqdm
+
         self.finish()
         self._bar = tqdm(
             total=total_bytes,
@@ -67,3 +74,59 @@ class TqdmProgress:
             self._bar.close()
             self._bar = None
 
+
+class CancellableProgress:
+    """Progress handed to a callback `report(step, done, total, message)`, at most once per
+    `interval_s` (a report per 8 MB chunk would be wasted work), that raises `cancelled()` at
+    the next call once `cancel` is set: raising inside a step unwinds through atomic_output,
+    which deletes the partial file."""
+
+    def __init__(
+        self,
+        report: Callable[[str, int, int, str], None],
+        cancel: threading.Event,
+        cancelled: Callable[[], BaseException],
+        interval_s: float = 0.1,
+    ) -> None:
+        self._report = report
+        self._cancel = cancel
+        self._cancelled = cancelled
+        self._interval_s = interval_s
+        self._step = ""
+        self._done = 0
+        self._total = 0
+        self._last = 0.0
+
+    def _check(self) -> None:
+        if self._cancel.is_set():
+            raise self._cancelled()
+
+    def _emit(self, message: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self._interval_s:
+            self._last = now
+            self._report(self._step, self._done, self._total, message)
+
+    def start(self, step: str, total_bytes: int, done_bytes: int = 0) -> None:
+        self._check()
+        self._step, self._done, self._total = step, done_bytes, total_bytes
+        self._emit(force=True)
+
+    def advance(self, n_bytes: int) -> None:
+        self._check()
+        self._done += n_bytes
+        self._emit()
+
+    def set_done(self, done_bytes: int, text: str = "") -> None:
+        """For a step that measures how far it is (a download's folder) rather than counting."""
+        self._check()
+        self._done = done_bytes
+        self._emit(text)
+
+    def message(self, text: str) -> None:
+        self._check()
+        self._emit(text)
+
+    def finish(self) -> None:
+        self._done = self._total
+        self._emit(force=True)

@@ -24,10 +24,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from convert.progress import CancellableProgress
 
 CHILD_CODE = "from fathom_desktop.level_jobs import child_main; child_main()"
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -83,49 +84,26 @@ class WorkCancelled(Exception):
 # -- the child ----------------------------------------------------------------------------------
 
 
-class _ChannelProgress:
+class _ChannelProgress(CancellableProgress):
     """The converter's Progress, sent to the parent as JSON lines; raises once cancelled."""
 
     def __init__(self, send: Callable[..., None], cancel: threading.Event) -> None:
-        self._send = send
-        self._cancel = cancel
-        self._step = ""
-        self._done = 0
-        self._total = 0
-        self._last = 0.0
-
-    def _check(self) -> None:
-        if self._cancel.is_set():
-            raise WorkCancelled
-
-    def _emit(self, message: str = "", force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last >= PROGRESS_INTERVAL_S:
-            self._last = now
-            self._send("progress", self._step, self._done, self._total, message)
+        super().__init__(
+            lambda *progress: send("progress", *progress),
+            cancel,
+            WorkCancelled,
+            PROGRESS_INTERVAL_S,
+        )
 
     def step(self, name: str) -> None:
         self._step, self._done, self._total = name, 0, 0
         self._emit(force=True)
 
-    def start(self, step: str, total_bytes: int) -> None:
+    def start(self, step: str, total_bytes: int, done_bytes: int = 0) -> None:
         self._check()
         # Keep the work's own step name ("Q4_K_M") over the converter's inner ones ("sha256 …").
-        self._done, self._total = 0, total_bytes
+        self._done, self._total = done_bytes, total_bytes
         self._emit(step, force=True)
-
-    def advance(self, n_bytes: int) -> None:
-        self._check()
-        self._done += n_bytes
-        self._emit()
-
-    def message(self, text: str) -> None:
-        self._check()
-        self._emit(text)
-
-    def finish(self) -> None:
-        self._done = self._total
-        self._emit(force=True)
 
 
 def child_main() -> None:

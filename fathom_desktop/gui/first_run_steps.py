@@ -24,6 +24,7 @@ from convert.download import download_checkpoint, looks_like_repo_id, read_sourc
 from convert.errors import ConversionError
 from convert.gguf_convert import convert_checkpoint
 from convert.manifest import describe_file, update_manifest
+from convert.progress import CancellableProgress
 from convert.quantize import LADDER, ImatrixUse, basename_of, output_name, quantize
 from fathom_desktop.engine import planner
 from fathom_desktop.engine.planner import GpuInfo
@@ -50,51 +51,16 @@ class JobCancelled(Exception):
 # -- progress that can be cancelled -------------------------------------------------------------
 
 
-class JobProgress:
+class JobProgress(CancellableProgress):
     """The pipeline's Progress protocol, forwarding to a callback and honouring Cancel."""
 
     def __init__(self, report: Callable[[str, int, int, str], None], cancel: threading.Event):
-        self._report = report
-        self._cancel = cancel
-        self._step = ""
-        self._done = 0
-        self._total = 0
-        self._last = 0.0
-
-    def _check(self) -> None:
-        # Raising inside the step unwinds through atomic_output, which deletes the partial file.
-        if self._cancel.is_set():
-            raise JobCancelled("Cancelled; nothing unfinished was kept.")
-
-    def _emit(self, message: str = "", force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last >= PROGRESS_INTERVAL_S:
-            self._last = now
-            self._report(self._step, self._done, self._total, message)
-
-    def start(self, step: str, total_bytes: int, done_bytes: int = 0) -> None:
-        self._check()
-        self._step, self._done, self._total = step, done_bytes, total_bytes
-        self._emit(force=True)
-
-    def advance(self, n_bytes: int) -> None:
-        self._check()
-        self._done += n_bytes
-        self._emit()
-
-    def set_done(self, done_bytes: int, text: str = "") -> None:
-        """For a step that measures how far it is (a download's folder) rather than counting."""
-        self._check()
-        self._done = done_bytes
-        self._emit(text)
-
-    def message(self, text: str) -> None:
-        self._check()
-        self._emit(text)
-
-    def finish(self) -> None:
-        self._done = self._total
-        self._emit(force=True)
+        super().__init__(
+            report,
+            cancel,
+            lambda: JobCancelled("Cancelled; nothing unfinished was kept."),
+            PROGRESS_INTERVAL_S,
+        )
 
 
 # -- the pipeline steps (plain functions: no widgets) -------------------------------------------
