@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from convert.errors import ConversionError
+from convert.errors import ConversionError, one_line
 from convert.progress import TqdmProgress
 from convert.quantize import (
     FATHOM_R1_14B_PARAMS,
@@ -497,15 +497,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        where = f": {error.filename}" if error.filename else ""
-        text = f"{error.strerror}{where}"
-    else:
-        text = str(error) or type(error).__name__
-    return " ".join(text.split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -521,13 +512,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConversionError, OSError) as e:
         if args.debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as e:  # a bug, not bad input: still one line unless asked
         if args.debug:
             traceback.print_exc()
         print(
-            f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug "
+            f"{PROG}: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug "
             f"and report it)",
             file=sys.stderr,
         )

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.atomic import partial_path
-from convert.errors import ConversionError
+from convert.errors import ConversionError, one_line
 from fathom_desktop.model_setup import (
     UNQUANTIZED,
     SetupPlan,
@@ -289,22 +289,13 @@ def _child_main(
         if cancel.is_set():
             send(("cancelled",))
         elif isinstance(error, ConversionError | OSError):
-            send(("error", _one_line(error)))
+            send(("error", one_line(error)))
         else:
-            send(("error", f"{step.value} failed: {type(error).__name__}: {_one_line(error)}"))
+            send(("error", f"{step.value} failed: {type(error).__name__}: {one_line(error)}"))
     else:
         send(("done", result))
     finally:
         report.close()
-
-
-def _one_line(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        where = f": {error.filename}" if error.filename else ""
-        text = f"{error.strerror}{where}"
-    else:
-        text = str(error) or type(error).__name__
-    return " ".join(text.split())
 
 
 def run_step(
