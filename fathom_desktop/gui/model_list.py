@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,8 +242,6 @@ class ModelList(QTreeWidget):
     scanned = Signal(str)  # the manifest warning, "" when none; rows are listed
     facts_checked = Signal(object)  # Path: its header was read (or refused)
     gpu_checked = Signal(object)  # GpuInfo | None
-    file_added = Signal(object)  # Path: an added file was usable and is now selected
-    file_refused = Signal(str)  # why an added file cannot be used, one line
 
     def __init__(self, parent: object | None = None) -> None:
         super().__init__(parent)
@@ -323,29 +321,6 @@ class ModelList(QTreeWidget):
         """The GPU the badges plan for (None: no usable GPU, every badge says CPU only)."""
         self._gpu, self._gpu_known = gpu, True
         self.set_fits()
-
-    def add_file(self, path: Path, models_dir: Path, extra: Iterable[Path | None]) -> None:
-        """Check a file from elsewhere in the background; `file_added` or `file_refused` tells."""
-        path, extra = Path(path), list(extra)
-
-        def checked(facts: ModelFacts) -> None:
-            if isinstance(facts, str):
-                self.file_refused.emit(facts)
-                return
-            self._facts[path.absolute()] = facts
-            self.scan(models_dir, [*extra, path], path)
-            self.scanned_once_then(lambda: self.file_added.emit(path))
-
-        self._jobs.run(lambda: read_facts(path), checked)
-
-    def scanned_once_then(self, call: Callable[[], None]) -> None:
-        """Run `call` after the next scan's rows are listed."""
-
-        def once(_warning: str) -> None:
-            self.scanned.disconnect(once)
-            call()
-
-        self.scanned.connect(once)
 
     def busy(self) -> bool:
         """Whether a listing, header read or GPU check is still on its way."""
