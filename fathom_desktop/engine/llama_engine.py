@@ -24,7 +24,7 @@ from fathom_desktop.engine.consensus import (
     consensus,
     majority_vote,
 )
-from fathom_desktop.engine.context import fit_to_context, reply_reserve
+from fathom_desktop.engine.context import FittedPrompt, fit_to_context, reply_reserve
 from fathom_desktop.engine.errors import (
     DecodeError,
     EngineError,
@@ -296,21 +296,9 @@ class LlamaEngine:
             continuation = Continuation.of(partial, prompt_opens_reasoning=opens)
             # The saved reply is the model's own text: tokenized as text, never as markup.
             prefill = self._tokenize(_nfc(continuation.text)) if continuation.text else []
-        # Each candidate is rendered and tokenized once; the chosen one is not done again.
-        prepared: dict[tuple[ChatMessage, ...], tuple[RenderedPrompt, list[int]]] = {}
-
-        def count(candidate: Sequence[ChatMessage]) -> int:
-            rendered = self._render(candidate)
-            prepared[tuple(candidate)] = (rendered, self._prompt_tokens(rendered))
-            return len(prepared[tuple(candidate)][1])
-
-        fitted = fit_to_context(
-            history,
-            count,
-            n_ctx=n_ctx,
-            reserve=reply_reserve(n_ctx, sampling.max_tokens) + len(prefill),
+        fitted, prompt, prompt_tokens = self._fit_prompt(
+            history, n_ctx, reply_reserve(n_ctx, sampling.max_tokens) + len(prefill)
         )
-        prompt, prompt_tokens = prepared[tuple(fitted.messages)]
         tokens = prompt_tokens + prefill
         stream = self._stream(
             model,
@@ -391,10 +379,11 @@ class LlamaEngine:
             free_host_bytes=available_host_bytes(),
         )
 
-    def _consensus_prompt(
-        self, model: _Loaded, messages: list[ChatMessage], sampling: SamplingParams
-    ) -> Prompt:
-        """The prompt as generate() would send it: fitted to the context, then tokenized."""
+    def _fit_prompt(
+        self, messages: list[ChatMessage], n_ctx: int, reserve: int
+    ) -> tuple[FittedPrompt, RenderedPrompt, list[int]]:
+        """The messages that fit `n_ctx` with `reserve` tokens left, rendered and tokenized."""
+        # Each candidate is rendered and tokenized once; the chosen one is not done again.
         prepared: dict[tuple[ChatMessage, ...], tuple[RenderedPrompt, list[int]]] = {}
 
         def count(candidate: Sequence[ChatMessage]) -> int:
@@ -402,13 +391,18 @@ class LlamaEngine:
             prepared[tuple(candidate)] = (rendered, self._prompt_tokens(rendered))
             return len(prepared[tuple(candidate)][1])
 
-        fitted = fit_to_context(
-            messages,
-            count,
-            n_ctx=model.report.n_ctx,
-            reserve=reply_reserve(model.report.n_ctx, sampling.max_tokens),
-        )
+        fitted = fit_to_context(messages, count, n_ctx=n_ctx, reserve=reserve)
         rendered, tokens = prepared[tuple(fitted.messages)]
+        return fitted, rendered, tokens
+
+    def _consensus_prompt(
+        self, model: _Loaded, messages: list[ChatMessage], sampling: SamplingParams
+    ) -> Prompt:
+        """The prompt as generate() would send it: fitted to the context, then tokenized."""
+        n_ctx = model.report.n_ctx
+        fitted, rendered, tokens = self._fit_prompt(
+            messages, n_ctx, reply_reserve(n_ctx, sampling.max_tokens)
+        )
         return Prompt(
             tokens=tuple(tokens),
             starts_in_reasoning=prompt_opens_reasoning(rendered.text),
